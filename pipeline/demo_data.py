@@ -115,9 +115,7 @@ class _Row:
     shows: int
 
 
-def generate_demo(
-    out_dir: str, base_url: str, config: DemoConfig = DemoConfig()
-) -> DemoDataset:
+def generate_demo(out_dir: str, base_url: str, config: DemoConfig = DemoConfig()) -> DemoDataset:
     """Write the demo dataset under ``out_dir`` and describe it.
 
     Existing files of other ids are left alone; the file of an ``http_404``
@@ -161,10 +159,7 @@ def generate_demo(
     _write_csv(
         train_csv,
         ("id", "url", "landmark_id"),
-        [
-            (i, f"{prefix}/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg", _lid(row.label))
-            for i, row in zip(ids, rows)
-        ],
+        [(i, f"{prefix}/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg", _lid(row.label)) for i, row in zip(ids, rows)],
     )
     _write_csv(
         truth_csv,
@@ -177,9 +172,7 @@ def generate_demo(
 def read_truth(truth_csv: str) -> dict[str, tuple[int, str]]:
     """Map each id of a ``truth.csv`` to ``(landmark_id, role)``."""
     with open(truth_csv, newline="", encoding="utf-8") as handle:
-        return {
-            r["id"]: (int(r["landmark_id"]), r["role"]) for r in csv.DictReader(handle)
-        }
+        return {r["id"]: (int(r["landmark_id"]), r["role"]) for r in csv.DictReader(handle)}
 
 
 def _validate(config: DemoConfig) -> None:
@@ -188,9 +181,7 @@ def _validate(config: DemoConfig) -> None:
     if config.images < 20:
         raise ValueError(f"images must be >= 20, got {config.images}")
     if not 0 <= config.noise_fraction < 0.5:
-        raise ValueError(
-            f"noise_fraction must be in [0, 0.5), got {config.noise_fraction}"
-        )
+        raise ValueError(f"noise_fraction must be in [0, 0.5), got {config.noise_fraction}")
     if config.broken_rows < 0:
         raise ValueError(f"broken_rows must be >= 0, got {config.broken_rows}")
     if config.landmarks < 0 or config.landmarks == 1:
@@ -213,11 +204,7 @@ def _plan_rows(config: DemoConfig) -> list[_Row]:
     rng = np.random.default_rng([config.seed, _STREAM_LAYOUT])
     # Which landmark gets which class size is random, so ids carry no hint.
     sizes = _class_sizes(members, landmarks)[rng.permutation(landmarks)]
-    rows = [
-        _Row(k, "member", f"landmark:{_lid(k)}", k)
-        for k in range(landmarks)
-        for _ in range(sizes[k])
-    ]
+    rows = [_Row(k, "member", f"landmark:{_lid(k)}", k) for k in range(landmarks) for _ in range(sizes[k])]
     # Noise and broken rows go to classes in proportion to their size, never
     # to singletons, which must stay single rows to be unverifiable.
     weights = np.where(sizes > 1, sizes, 0).astype(np.float64)
@@ -274,9 +261,7 @@ def _lid(label: int) -> int:
 
 
 def _image_path(root: str, image_id: str) -> str:
-    return os.path.join(
-        root, "images", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg"
-    )
+    return os.path.join(root, "images", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg")
 
 
 def _write_csv(path: str, header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -286,9 +271,7 @@ def _write_csv(path: str, header: tuple[str, ...], rows: list[tuple]) -> None:
         writer.writerows(rows)
 
 
-def _row_payload(
-    config: DemoConfig, index: int, row: _Row, facade: np.ndarray | None
-) -> bytes | None:
+def _row_payload(config: DemoConfig, index: int, row: _Row, facade: np.ndarray | None) -> bytes | None:
     """File bytes for a row, or None when no file must exist (HTTP 404)."""
     if row.source == "http_404":
         return None
@@ -313,9 +296,7 @@ def _landmark_facade(seed: int, landmark: int) -> np.ndarray:
     )
 
 
-def _texture(
-    rng: np.random.Generator, size: tuple[int, int], distractor: bool
-) -> np.ndarray:
+def _texture(rng: np.random.Generator, size: tuple[int, int], distractor: bool) -> np.ndarray:
     """Draw a random texture of ``size = (width, height)``, shape ``(h, w, 3)``.
 
     Layers, back to front: a smooth colour field, large polygons, (landmarks
@@ -324,9 +305,7 @@ def _texture(
     like unrelated scenes rather than more buildings.
     """
     width, height = size
-    image = _smooth_field(
-        rng, width, height, cells=int(rng.integers(3, 7)), contrast=90
-    )
+    image = _smooth_field(rng, width, height, cells=int(rng.integers(3, 7)), contrast=90)
     _polygons(rng, image, count=int(rng.integers(14, 24)), radius=(40, 260))
     if not distractor:
         for _ in range(int(rng.integers(1, 4))):
@@ -346,37 +325,27 @@ def _color(rng: np.random.Generator) -> tuple[int, int, int]:
     return int(b), int(g), int(r)
 
 
-def _smooth_field(
-    rng: np.random.Generator, width: int, height: int, cells: int, contrast: float
-) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int, contrast: float) -> np.ndarray:
     """Low-frequency colour field around a random base colour."""
     base = rng.uniform(40, 215, size=3)
     grid = base + rng.uniform(-contrast, contrast, size=(cells, cells, 3))
     grid = np.clip(grid, 0, 255).astype(np.float32)
-    return np.clip(
-        cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC), 0, 255
-    ).astype(np.uint8)
+    return np.clip(cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
 
 
-def _polygons(
-    rng: np.random.Generator, image: np.ndarray, count: int, radius: tuple[int, int]
-) -> None:
+def _polygons(rng: np.random.Generator, image: np.ndarray, count: int, radius: tuple[int, int]) -> None:
     height, width = image.shape[:2]
     for _ in range(count):
         centre = rng.uniform((0, 0), (width, height))
         sides = int(rng.integers(3, 8))
         angles = np.sort(rng.uniform(0, 2 * np.pi, sides))
         radii = rng.uniform(*radius, size=1) * rng.uniform(0.5, 1.0, size=sides)
-        points = (
-            centre + np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii[:, None]
-        )
+        points = centre + np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii[:, None]
         points = points.astype(np.int32).reshape(-1, 1, 2)
         if rng.random() < 0.7:
             cv2.fillPoly(image, [points], _color(rng), cv2.LINE_AA)
         else:
-            cv2.polylines(
-                image, [points], True, _color(rng), int(rng.integers(2, 7)), cv2.LINE_AA
-            )
+            cv2.polylines(image, [points], True, _color(rng), int(rng.integers(2, 7)), cv2.LINE_AA)
 
 
 def _window_block(rng: np.random.Generator, image: np.ndarray) -> None:
@@ -407,18 +376,14 @@ def _window_block(rng: np.random.Generator, image: np.ndarray) -> None:
                 cv2.line(image, (mid, int(y)), (mid, int(y + h)), frame, 1)
 
 
-def _ellipses(
-    rng: np.random.Generator, image: np.ndarray, count: int, axes: tuple[int, int]
-) -> None:
+def _ellipses(rng: np.random.Generator, image: np.ndarray, count: int, axes: tuple[int, int]) -> None:
     height, width = image.shape[:2]
     for _ in range(count):
         centre = (int(rng.integers(width)), int(rng.integers(height)))
         size = (int(rng.integers(*axes)), int(rng.integers(*axes)))
         thickness = -1 if rng.random() < 0.6 else int(rng.integers(1, 4))
         angle = float(rng.uniform(0, 180))
-        cv2.ellipse(
-            image, centre, size, angle, 0, 360, _color(rng), thickness, cv2.LINE_AA
-        )
+        cv2.ellipse(image, centre, size, angle, 0, 360, _color(rng), thickness, cv2.LINE_AA)
 
 
 def _strokes(rng: np.random.Generator, image: np.ndarray, count: int) -> None:
@@ -502,9 +467,7 @@ def _render_view(rng: np.random.Generator, facade: np.ndarray, size: int) -> np.
     corners[:, 0] *= 1 + tilt * np.sign(corners[:, 1])
     corners += rng.uniform(-0.03, 0.03, size=(4, 2)) * half * 2
     angle = np.deg2rad(rng.uniform(-25, 25))
-    rotation = np.array(
-        [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    )
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     centre = np.array([width, height]) / 2 + rng.uniform(-0.12, 0.12, size=2) * (
         width,
         height,
@@ -531,9 +494,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     ramp = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
     sky = top * (1 - ramp) + bottom * ramp
     clouds = rng.uniform(-25, 25, size=(4, 6, 1)).astype(np.float32)
-    clouds = cv2.resize(clouds, (width, height), interpolation=cv2.INTER_CUBIC)[
-        :, :, None
-    ]
+    clouds = cv2.resize(clouds, (width, height), interpolation=cv2.INTER_CUBIC)[:, :, None]
     return np.clip(sky + clouds, 0, 255).astype(np.uint8)
 
 

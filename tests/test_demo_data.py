@@ -27,18 +27,12 @@ def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _image_file(root: str, image_id: str) -> Path:
-    return Path(
-        root, "images", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg"
-    )
+    return Path(root, "images", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg")
 
 
 def _all_files(root: str) -> dict[str, bytes]:
     base = Path(root)
-    return {
-        str(p.relative_to(base)): p.read_bytes()
-        for p in sorted(base.rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +52,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_other_ids(
     second = generate_demo(str(tmp_path / "b"), BASE_URL, SMALL)
     assert _all_files(first.root) == _all_files(second.root)
 
-    other = generate_demo(
-        str(tmp_path / "c"), BASE_URL, DemoConfig(images=40, seed=8, image_size=320)
-    )
+    other = generate_demo(str(tmp_path / "c"), BASE_URL, DemoConfig(images=40, seed=8, image_size=320))
     ids = {r["id"] for r in _read_csv(first.train_csv)[1]}
     other_ids = {r["id"] for r in _read_csv(other.train_csv)[1]}
     assert ids.isdisjoint(other_ids)
@@ -78,13 +70,9 @@ def test_csv_layout(default_demo: DemoDataset) -> None:
     assert [r["id"] for r in truth] == ids
     for row, fact in zip(train, truth):
         i = row["id"]
-        assert (
-            row["url"] == f"http://127.0.0.1:8000/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg"
-        )
+        assert row["url"] == f"http://127.0.0.1:8000/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg"
         assert row["landmark_id"] == fact["landmark_id"]
-    assert read_truth(default_demo.truth_csv) == {
-        r["id"]: (int(r["landmark_id"]), r["role"]) for r in truth
-    }
+    assert read_truth(default_demo.truth_csv) == {r["id"]: (int(r["landmark_id"]), r["role"]) for r in truth}
 
 
 def test_rows_are_shuffled(default_demo: DemoDataset) -> None:
@@ -115,9 +103,7 @@ def test_roles_and_sources(truth_rows: list[dict[str, str]]) -> None:
     assert sources["other_landmark"] > 0 and sources["distractor"] > 0
 
 
-def test_file_states(
-    default_demo: DemoDataset, truth_rows: list[dict[str, str]]
-) -> None:
+def test_file_states(default_demo: DemoDataset, truth_rows: list[dict[str, str]]) -> None:
     for row in truth_rows:
         path = _image_file(default_demo.root, row["id"])
         if row["source"] == "http_404":
@@ -176,9 +162,7 @@ class _Verifier:
 
     def _describe(self, image_id: str) -> tuple:
         if image_id not in self._features:
-            grey = cv2.imread(
-                str(_image_file(self._root, image_id)), cv2.IMREAD_GRAYSCALE
-            )
+            grey = cv2.imread(str(_image_file(self._root, image_id)), cv2.IMREAD_GRAYSCALE)
             self._features[image_id] = self._sift.detectAndCompute(grey, None)
         return self._features[image_id]
 
@@ -196,15 +180,11 @@ class _Verifier:
             return 0
         src = np.float32([keys_a[m.queryIdx].pt for m in good])
         dst = np.float32([keys_b[m.trainIdx].pt for m in good])
-        _, mask = cv2.estimateAffine2D(
-            src, dst, method=cv2.RANSAC, ransacReprojThreshold=8
-        )
+        _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=8)
         return 0 if mask is None else int(mask.sum())
 
 
-def test_views_match_within_landmarks_only(
-    default_demo: DemoDataset, truth_rows: list[dict[str, str]]
-) -> None:
+def test_views_match_within_landmarks_only(default_demo: DemoDataset, truth_rows: list[dict[str, str]]) -> None:
     verifier = _Verifier(default_demo.root)
     rng = random.Random(0)
     members: dict[str, list[str]] = {}
@@ -213,21 +193,15 @@ def test_views_match_within_landmarks_only(
             members.setdefault(row["landmark_id"], []).append(row["id"])
     classes = sorted(members)
     multi = [c for c in classes if len(members[c]) >= 2]
-    positives = [
-        verifier.inliers(*rng.sample(members[rng.choice(multi)], 2)) for _ in range(20)
-    ]
+    positives = [verifier.inliers(*rng.sample(members[rng.choice(multi)], 2)) for _ in range(20)]
 
     negatives = []
     for _ in range(20):
         first, second = rng.sample(classes, 2)
-        negatives.append(
-            verifier.inliers(rng.choice(members[first]), rng.choice(members[second]))
-        )
+        negatives.append(verifier.inliers(rng.choice(members[first]), rng.choice(members[second])))
     distractors = [r for r in truth_rows if r["source"] == "distractor"]
     for row in rng.sample(distractors, min(10, len(distractors))):
-        negatives.append(
-            verifier.inliers(row["id"], rng.choice(members[row["landmark_id"]]))
-        )
+        negatives.append(verifier.inliers(row["id"], rng.choice(members[row["landmark_id"]])))
 
     assert sum(n >= 30 for n in positives) >= 0.8 * len(positives), sorted(positives)
     assert sum(n < 30 for n in negatives) >= 0.95 * len(negatives), sorted(negatives)

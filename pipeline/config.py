@@ -1,0 +1,72 @@
+"""The resolved configuration of one curation run, and its named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from transforms.decode import DecodeConfig
+from transforms.features import FeatureConfig
+from transforms.fetch import FetchConfig
+from transforms.pairs import PairConfig
+from transforms.select import SelectConfig
+from transforms.verify import VerifyConfig
+
+#: Presets fill stage settings; explicit flags override them.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Connected components of the >= 30-inlier graph (this project's default rule).
+    "gldv2-components": {"select": {"min_inliers": 30, "min_component_size": 2}},
+}
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """Everything a `gld curate` run depends on; written to `run.json` as resolved."""
+
+    train_csv: str
+    output: str
+    preset: str = "gldv2-components"
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.train_csv or not self.output:
+            raise ValueError("train_csv and output are required")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+STAGE_CONFIGS = {
+    "fetch": FetchConfig,
+    "decode": DecodeConfig,
+    "features": FeatureConfig,
+    "pairs": PairConfig,
+    "verify": VerifyConfig,
+    "select": SelectConfig,
+}
+
+
+def build_config(
+    train_csv: str,
+    output: str,
+    preset: str = "gldv2-components",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> CurateConfig:
+    """Resolve preset + explicit overrides (stage -> field -> value) into a validated config."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    stages: dict[str, Any] = {}
+    for stage, cls in STAGE_CONFIGS.items():
+        values = {**PRESETS[preset].get(stage, {}), **(overrides or {}).get(stage, {})}
+        stages[stage] = cls(**values)
+    return CurateConfig(train_csv=train_csv, output=output, preset=preset, progress=progress, **stages)

@@ -1,0 +1,157 @@
+"""Record types that flow between the stages.
+
+Every record carries the manifest `line` it came from, so that each input row can be traced to
+exactly one outcome in `decisions.parquet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.vocabulary import FAILURE_REASONS, Reason, Stage, Status
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One valid row of a GLDv2 `train.csv` (`id,url,landmark_id`); `url` may be empty."""
+
+    line: int
+    id: str
+    url: str
+    landmark_id: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input row that could not be processed, with the stage and reason that stopped it.
+
+    `landmark_id` is None when the row never had a valid one; `id` is the synthetic
+    `line:N` when the row had no usable id.
+    """
+
+    line: int
+    id: str
+    landmark_id: int | None
+    stage: Stage
+    reason: Reason
+    detail: str = ""
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in FAILURE_REASONS.get(self.stage, frozenset()):
+            raise ValueError(f"reason {self.reason.value!r} is not a {self.stage.value} failure")
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """Raw bytes of one image as downloaded or read, before any decoding."""
+
+    row: ManifestRow
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, normalised image.
+
+    `pixels` is uint8 RGB [H, W, 3] with the longest side at most the configured size;
+    `jpeg` is those pixels re-encoded (what the image store keeps).
+    """
+
+    row: ManifestRow
+    pixels: np.ndarray = field(repr=False)
+    jpeg: bytes = field(repr=False)
+    original_width: int
+    original_height: int
+    original_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Local features of one image.
+
+    - `keypoints`: float32 [N, 2], (x, y) in pixels of the normalised image (origin top-left).
+    - `descriptors`: [N, D]; uint8 (RootSIFT scaled to 0..255) or float16/float32 (DELF).
+    - `scales`: float32 [N], keypoint size in pixels; `scores`: float32 [N], detector response.
+    - `width`, `height`: size of the normalised image the keypoints refer to.
+    N may be 0: an image without features is a valid record that simply cannot verify.
+    """
+
+    id: str
+    landmark_id: int
+    line: int
+    keypoints: np.ndarray = field(repr=False)
+    descriptors: np.ndarray = field(repr=False)
+    scales: np.ndarray = field(repr=False)
+    scores: np.ndarray = field(repr=False)
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        n = self.keypoints.shape[0]
+        if self.keypoints.shape != (n, 2) or self.descriptors.ndim != 2:
+            raise ValueError(
+                f"keypoints must be [N, 2] and descriptors [N, D], got "
+                f"{self.keypoints.shape} and {self.descriptors.shape}"
+            )
+        if self.descriptors.shape[0] != n or self.scales.shape != (n,) or self.scores.shape != (n,):
+            raise ValueError("keypoints, descriptors, scales and scores must have the same N")
+
+    @property
+    def count(self) -> int:
+        return int(self.keypoints.shape[0])
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Geometric verification of one candidate pair inside a class (`id_a < id_b`).
+
+    `reason` is empty for a pair that reached RANSAC, else why it could not (e.g. too few
+    putative matches).
+    """
+
+    landmark_id: int
+    id_a: str
+    id_b: str
+    num_matches: int
+    inliers: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id_a < self.id_b:
+            raise ValueError(f"pair ids must be ordered: {self.id_a!r} !< {self.id_b!r}")
+
+
+@dataclass(frozen=True)
+class ImageDecision:
+    """The one final outcome of one input row (a line of the manifest)."""
+
+    line: int
+    id: str
+    landmark_id: int | None
+    status: Status
+    reason: str
+    stage: str = ""
+    detail: str = ""
+    degree: int = 0
+    component_id: int = -1
+    component_size: int = 0
+    max_inliers: int = 0
+    best_partner: str = ""
+
+    @classmethod
+    def from_failure(cls, failure: Failure) -> ImageDecision:
+        return cls(
+            line=failure.line,
+            id=failure.id,
+            landmark_id=failure.landmark_id,
+            status=Status.FAILED,
+            reason=failure.reason.value,
+            stage=failure.stage.value,
+            detail=f"{failure.detail} (url {failure.url})"
+            if failure.url and failure.stage == Stage.FETCH
+            else failure.detail,
+        )

@@ -1,0 +1,141 @@
+"""pyarrow schemas of the Parquet outputs and the conversions between records and rows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas.arrays import decode_array, encode_array
+from schemas.records import DecodedImage, ImageDecision, LocalFeatures, PairResult
+
+DECISIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("landmark_id", pa.int64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("stage", pa.string()),
+        ("detail", pa.string()),
+        ("degree", pa.int32()),
+        ("component_id", pa.int32()),
+        ("component_size", pa.int32()),
+        ("max_inliers", pa.int32()),
+        ("best_partner", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("landmark_id", pa.int64()),
+        ("id_a", pa.string()),
+        ("id_b", pa.string()),
+        ("num_matches", pa.int32()),
+        ("inliers", pa.int32()),
+        ("reason", pa.string()),
+    ]
+)
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("landmark_id", pa.int64()),
+        ("url", pa.string()),
+        ("jpeg", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("original_bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("landmark_id", pa.int64()),
+        ("line", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_features", pa.int32()),
+        ("keypoints", pa.binary()),
+        ("descriptors", pa.binary()),
+        ("scales", pa.binary()),
+        ("scores", pa.binary()),
+    ]
+)
+
+
+def decision_to_row(decision: ImageDecision) -> dict:
+    return {
+        "id": decision.id,
+        "landmark_id": decision.landmark_id,
+        "status": decision.status.value,
+        "reason": decision.reason,
+        "stage": decision.stage,
+        "detail": decision.detail,
+        "degree": decision.degree,
+        "component_id": decision.component_id,
+        "component_size": decision.component_size,
+        "max_inliers": decision.max_inliers,
+        "best_partner": decision.best_partner,
+        "line": decision.line,
+    }
+
+
+def pair_to_row(pair: PairResult) -> dict:
+    return {
+        "landmark_id": pair.landmark_id,
+        "id_a": pair.id_a,
+        "id_b": pair.id_b,
+        "num_matches": pair.num_matches,
+        "inliers": pair.inliers,
+        "reason": pair.reason,
+    }
+
+
+def image_to_row(image: DecodedImage) -> dict:
+    height, width = image.pixels.shape[:2]
+    return {
+        "id": image.row.id,
+        "landmark_id": image.row.landmark_id,
+        "url": image.row.url,
+        "jpeg": image.jpeg,
+        "width": width,
+        "height": height,
+        "original_width": image.original_width,
+        "original_height": image.original_height,
+        "original_bytes": image.original_bytes,
+        "sha256": image.sha256,
+        "line": image.row.line,
+    }
+
+
+def features_to_row(features: LocalFeatures) -> dict:
+    return {
+        "id": features.id,
+        "landmark_id": features.landmark_id,
+        "line": features.line,
+        "width": features.width,
+        "height": features.height,
+        "num_features": features.count,
+        "keypoints": encode_array(features.keypoints),
+        "descriptors": encode_array(features.descriptors),
+        "scales": encode_array(features.scales),
+        "scores": encode_array(features.scores),
+    }
+
+
+def features_from_row(row: dict) -> LocalFeatures:
+    return LocalFeatures(
+        id=row["id"],
+        landmark_id=int(row["landmark_id"]),
+        line=int(row["line"]),
+        keypoints=decode_array(row["keypoints"]),
+        descriptors=decode_array(row["descriptors"]),
+        scales=decode_array(row["scales"]),
+        scores=decode_array(row["scores"]),
+        width=int(row["width"]),
+        height=int(row["height"]),
+    )

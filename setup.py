@@ -1,0 +1,31 @@
+"""Package `gld`: GLDv2 curation on Apache Beam. The same file is what Dataflow workers install."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "apache-beam>=2.77,<2.78",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-hub>=0.16.1,<0.17",
+    "tf-keras>=2.21,<2.22",
+    "opencv-python-headless>=5.0,<5.1",
+    "numpy>=2.4,<2.5",
+    "protobuf>=6.33,<7",
+    "pyarrow>=25,<26",
+    "networkx>=3.2,<4",
+    "requests>=2.31,<3",
+    "pillow>=11,<13",
+    "crcmod>=1.7,<2",
+]
+
+setup(
+    name="gld-curate",
+    version="0.1.0",
+    description="Curate instance-level landmark datasets (GLDv2) into clean training splits with Apache Beam",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8,<10", "ruff>=0.6"]},
+    entry_points={"console_scripts": ["gld=pipeline.cli:main"]},
+)

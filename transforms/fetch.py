@@ -1,0 +1,254 @@
+"""Stage 2: fetch the bytes of every image, over HTTP(S) or from a folder in the GLDv2 layout.
+
+HTTP safety: only http/https; the host is resolved first and refused when any address is
+loopback, private, link-local, multicast or reserved (unless `allow_private_hosts`), and every
+redirect target is checked the same way; bodies are streamed under a byte cap and a total
+deadline, so a server that trickles or never ends cannot hold a worker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import apache_beam as beam
+import requests
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import Failure, FetchedImage, ManifestRow
+from schemas.vocabulary import Reason, Stage
+from transforms.progress import StageTimer
+from transforms.routing import route
+
+STAGE = Stage.FETCH.value
+USER_AGENT = "gld-curate/0.1 (GLDv2 dataset curation; +https://github.com/gld-curate)"
+
+Resolver = Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How images are fetched.
+
+    `images_dir`: read `<images_dir>/a/b/c/<id>.jpg` (any Beam filesystem) instead of the URL.
+    Timeouts are seconds; `max_bytes` caps one image's body; `retries` applies to connection
+    errors, 429 and 5xx only, with exponential backoff and jitter from `backoff_s`.
+    """
+
+    images_dir: str = ""
+    allow_private_hosts: bool = False
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    total_timeout_s: float = 60.0
+    max_bytes: int = 30 * 1024 * 1024
+    max_redirects: int = 5
+    retries: int = 2
+    backoff_s: float = 0.5
+    user_agent: str = USER_AGENT
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s", "backoff_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_bytes <= 0:
+            raise ValueError("max_bytes must be > 0")
+        if self.max_redirects < 0 or self.retries < 0:
+            raise ValueError("max_redirects and retries must be >= 0")
+
+
+def resolve_host(host: str) -> list[str]:
+    """All IP addresses a host name resolves to (empty when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+    )
+
+
+def check_url(url: str, allow_private: bool, resolver: Resolver) -> tuple[Reason, str] | None:
+    """None when `url` may be fetched, else (bad_url | blocked_host, detail)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        return Reason.BAD_URL, f"unparseable url: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return Reason.BAD_URL, f"scheme {parts.scheme!r} is not http(s)"
+    if not host:
+        return Reason.BAD_URL, "url has no host"
+    if allow_private:
+        return None
+    addresses = resolver(host)
+    if not addresses:
+        return Reason.CONNECTION_ERROR, f"host {host!r} does not resolve"
+    blocked = [a for a in addresses if not _is_public(a)]
+    if blocked:
+        return Reason.BLOCKED_HOST, f"host {host!r} resolves to non-public {', '.join(blocked)}"
+    return None
+
+
+def _status_failure(status: int) -> Reason:
+    if status == 404:
+        return Reason.HTTP_404
+    return Reason.HTTP_5XX if status >= 500 else Reason.HTTP_4XX
+
+
+def _retry_delay(config: FetchConfig, attempt: int, retry_after: str | None) -> float:
+    if retry_after and retry_after.strip().isdigit():
+        return min(float(retry_after), config.total_timeout_s)
+    return config.backoff_s * (2**attempt) * (0.5 + random.random())
+
+
+def _read_body(response: requests.Response, config: FetchConfig, deadline: float) -> bytes | tuple[Reason, str]:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > config.max_bytes:
+        return Reason.TOO_LARGE, f"Content-Length {declared} > {config.max_bytes}"
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=64 * 1024):
+        size += len(chunk)
+        if size > config.max_bytes:
+            return Reason.TOO_LARGE, f"body exceeds {config.max_bytes} bytes"
+        if time.monotonic() > deadline:
+            return Reason.TIMEOUT, f"body not complete after {config.total_timeout_s:g} s"
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why one attempt failed, and whether (and when) another attempt may succeed."""
+
+    reason: Reason
+    detail: str
+    retryable: bool = False
+    retry_after: str | None = None
+
+
+def _get_once(
+    session: requests.Session, url: str, config: FetchConfig, resolver: Resolver, deadline: float
+) -> bytes | _Refusal:
+    """One attempt, following redirects by hand so that every target is checked."""
+    for _ in range(config.max_redirects + 1):
+        refused = check_url(url, config.allow_private_hosts, resolver)
+        if refused:
+            return _Refusal(*refused)
+        with session.get(
+            url,
+            stream=True,
+            allow_redirects=False,
+            timeout=(config.connect_timeout_s, config.read_timeout_s),
+            headers={"User-Agent": config.user_agent},
+        ) as response:
+            if response.is_redirect:
+                url = urljoin(url, response.headers.get("Location", ""))
+                continue
+            status = response.status_code
+            if status != 200:
+                return _Refusal(
+                    _status_failure(status),
+                    f"HTTP {status} {response.reason}",
+                    retryable=status == 429 or status >= 500,
+                    retry_after=response.headers.get("Retry-After"),
+                )
+            body = _read_body(response, config, deadline)
+            return _Refusal(*body) if isinstance(body, tuple) else body
+    return _Refusal(Reason.HTTP_4XX, f"more than {config.max_redirects} redirects")
+
+
+def fetch_http(
+    session: requests.Session, row: ManifestRow, config: FetchConfig, resolver: Resolver = resolve_host
+) -> FetchedImage | Failure:
+    """Download `row.url`. Failure reasons: bad_url, blocked_host, http_404, http_4xx,
+    http_5xx, timeout, connection_error, too_large."""
+    deadline = time.monotonic() + config.total_timeout_s
+    for attempt in range(config.retries + 1):
+        try:
+            outcome = _get_once(session, row.url, config, resolver, deadline)
+        except requests.Timeout as exc:
+            outcome = _Refusal(Reason.TIMEOUT, f"{type(exc).__name__}: {exc}", retryable=True)
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            outcome = _Refusal(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
+        except requests.RequestException as exc:
+            outcome = _Refusal(Reason.BAD_URL, f"{type(exc).__name__}: {exc}")
+        if isinstance(outcome, bytes):
+            return FetchedImage(row=row, data=outcome)
+        delay = _retry_delay(config, attempt, outcome.retry_after)
+        if not outcome.retryable or attempt == config.retries or time.monotonic() + delay > deadline:
+            break
+        time.sleep(delay)
+    return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, outcome.reason, outcome.detail, row.url)
+
+
+def image_path(images_dir: str, image_id: str) -> str:
+    """GLDv2 on-disk layout: `<dir>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg`."""
+    return FileSystems.join(images_dir, image_id[0], image_id[1], image_id[2], f"{image_id}.jpg")
+
+
+def read_from_dir(row: ManifestRow, config: FetchConfig) -> FetchedImage | Failure:
+    """Read the image file; failure reasons: missing_file, too_large, read_error."""
+    path = image_path(config.images_dir, row.id)
+    try:
+        if not FileSystems.exists(path):
+            return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, path, row.url)
+        with FileSystems.open(path) as handle:
+            data = handle.read(config.max_bytes + 1)
+    except OSError as exc:
+        return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.READ_ERROR, f"{path}: {exc}", row.url)
+    if len(data) > config.max_bytes:
+        detail = f"{path} exceeds {config.max_bytes} bytes"
+        return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.TOO_LARGE, detail, row.url)
+    return FetchedImage(row=row, data=data)
+
+
+class _FetchFn(beam.DoFn):
+    """Holds one pooled HTTP session per DoFn instance (created in `setup`)."""
+
+    def __init__(self, config: FetchConfig) -> None:
+        self._config = config
+        self._session: requests.Session | None = None
+
+    def setup(self) -> None:
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=16, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def teardown(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def process(self, row: ManifestRow) -> Iterator[FetchedImage | Failure]:
+        with StageTimer(STAGE):
+            if self._config.images_dir:
+                yield read_from_dir(row, self._config)
+            else:
+                assert self._session is not None
+                yield fetch_http(self._session, row, self._config)
+
+
+class FetchImages(beam.PTransform):
+    """ManifestRow PCollection -> (FetchedImage PCollection, Failure PCollection)."""
+
+    def __init__(self, config: FetchConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        fetched = rows | "Fetch" >> beam.ParDo(_FetchFn(self._config))
+        return route("RouteFetched", fetched, STAGE)
