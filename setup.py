@@ -23,7 +23,7 @@ setup(
     description="Curate instance-level landmark datasets (GLDv2) into clean training splits with Apache Beam",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.10,<3.14",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8,<10", "ruff>=0.6"]},

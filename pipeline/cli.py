@@ -93,7 +93,7 @@ def demo_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="gld demo", description="Offline demo with ground truth.")
     parser.add_argument("--output", default="demo-output", help="folder for the data and the curated outputs")
-    parser.add_argument("--images", type=int, default=240, help="rows in the generated train.csv")
+    parser.add_argument("--images", type=int, default=600, help="rows in the generated train.csv")
     parser.add_argument("--seed", type=int, default=0)
     args, beam_args = parser.parse_known_args(argv)
     result = run_demo(args.output, args.images, args.seed, beam_args)

@@ -104,6 +104,6 @@ class ReadManifest(beam.PTransform):
             | "GroupById" >> beam.GroupByKey()
             | "Dedupe" >> beam.FlatMapTuple(resolve_duplicates)
         )
-        rows, duplicates = route("RouteUnique", unique, STAGE, ok_name="unique")
+        rows, duplicates = route("RouteUnique", unique, "dedupe", ok_name="unique")
         failures = (bad, duplicates) | "Failures" >> beam.Flatten()
         return rows, failures

@@ -1,0 +1,135 @@
+"""`gld curate` end to end on generated landmark photos served over loopback HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.demo_data import DemoConfig, generate_demo, read_truth
+from pipeline.serve import serve_folder
+from schemas.gldv2_csv import format_train_clean
+
+BEAM = ["--direct_num_workers=2", "--no-progress"]
+
+# Lines appended to the generated train.csv: each must fail with exactly this reason.
+BAD_LINES = {
+    "ffffffffffffffff,{base}/images/f/f/f/ffffffffffffffff.jpg,notanumber": "bad_landmark_id",
+    "eeeeeeeeeeeeeeee,{base}/images": "missing_column",
+    ",{base}/images/x.jpg,1000": "empty_id",
+    "../../etc/passwd,{base}/x.jpg,1000": "bad_id",
+    "dddddddddddddddd,file:///etc/passwd,1000": "bad_url",
+    "cccccccccccccccc,ftp://127.0.0.1/c.jpg,1000": "bad_url",
+}
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("e2e")
+    data = str(root / "data")
+    os.makedirs(data)
+    with serve_folder(data) as base:
+        dataset = generate_demo(data, base, DemoConfig(images=60, seed=3, broken_rows=3))
+        with open(dataset.train_csv, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        first_data_line = lines[1]
+        extra = [line.format(base=base) for line in BAD_LINES] + [first_data_line]  # last: a duplicate id
+        with open(dataset.train_csv, "w", encoding="utf-8") as handle:
+            handle.write("\n".join([*lines, *extra]) + "\n")
+        outputs = []
+        for run in ("a", "b"):
+            out = str(root / f"out-{run}")
+            code = main(["curate", "--train-csv", dataset.train_csv, "--output", out, "--allow-private-hosts", *BEAM])
+            assert code == 0
+            outputs.append(out)
+    decisions = pq.read_table(os.path.join(outputs[0], "decisions.parquet")).to_pylist()
+    return {
+        "dataset": dataset,
+        "outputs": outputs,
+        "decisions": decisions,
+        "input_lines": len(lines) - 1 + len(extra),
+        "extra_start": len(lines) + 1,
+        "duplicate_of": first_data_line.split(",")[0],
+    }
+
+
+def test_train_clean_is_exactly_the_verifiable_members(curated: dict) -> None:
+    truth = read_truth(curated["dataset"].truth_csv)
+    members = Counter(lid for lid, role in truth.values() if role == "member")
+    expected: dict[int, list[str]] = {}
+    for image_id, (lid, role) in truth.items():
+        if role == "member" and members[lid] >= 2:
+            expected.setdefault(lid, []).append(image_id)
+    with open(os.path.join(curated["outputs"][0], "train_clean.csv"), encoding="utf-8") as handle:
+        assert handle.read() == format_train_clean(expected)
+
+
+def test_every_input_line_has_exactly_one_decision(curated: dict) -> None:
+    decisions = curated["decisions"]
+    assert len(decisions) == curated["input_lines"]
+    assert len({d["id"] for d in decisions}) == len(decisions)
+    assert sorted(d["line"] for d in decisions) == list(range(2, curated["input_lines"] + 2))
+    assert {d["status"] for d in decisions} <= {"kept", "removed", "failed"}
+    assert [d["id"] for d in decisions] == sorted(d["id"] for d in decisions)
+
+
+def test_broken_and_malformed_rows_fail_with_their_reason(curated: dict) -> None:
+    by_line = {d["line"]: d for d in curated["decisions"]}
+    for offset, reason in enumerate(BAD_LINES.values()):
+        decision = by_line[curated["extra_start"] + offset]
+        assert (decision["status"], decision["reason"]) == ("failed", reason), decision
+    duplicate = by_line[curated["extra_start"] + len(BAD_LINES)]
+    assert (duplicate["status"], duplicate["reason"], duplicate["id"]) == (
+        "failed",
+        "duplicate_id",
+        f"line:{duplicate['line']}",
+    )
+    assert curated["duplicate_of"] in duplicate["detail"]
+    by_id = {d["id"]: d for d in curated["decisions"]}
+    with open(curated["dataset"].truth_csv, encoding="utf-8") as handle:
+        broken = {r["id"]: r["source"] for r in csv.DictReader(handle) if r["role"] == "broken"}
+    assert broken
+    expected = {"http_404": ("fetch", "http_404"), "truncated": ("decode", "truncated")}
+    expected["not_an_image"] = ("decode", "not_an_image")
+    for image_id, source in broken.items():
+        assert (by_id[image_id]["stage"], by_id[image_id]["reason"]) == expected[source]
+
+
+def test_noise_is_removed_with_a_reason(curated: dict) -> None:
+    truth = read_truth(curated["dataset"].truth_csv)
+    for decision in curated["decisions"]:
+        if truth.get(decision["id"], (0, ""))[1] == "noise":
+            assert decision["status"] == "removed"
+            assert decision["reason"] in {"no_verified_pair", "small_component"}
+
+
+def test_two_runs_are_byte_identical(curated: dict) -> None:
+    first, second = curated["outputs"]
+    for name in ("train_clean.csv", "decisions.parquet", "pairs.parquet"):
+        with open(os.path.join(first, name), "rb") as a, open(os.path.join(second, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def test_run_json_accounts_for_every_row(curated: dict) -> None:
+    with open(os.path.join(curated["outputs"][0], "run.json"), encoding="utf-8") as handle:
+        run = json.load(handle)
+    counts = run["counts"]
+    assert counts["accounting_ok"] is True
+    assert counts["input_rows"] == curated["input_lines"] == sum(counts["by_status"].values())
+    assert run["config"]["select"]["min_inliers"] == 30
+    assert run["seconds"]["wall"] > 0
+    assert set(run["outputs"]) >= {"train_clean", "decisions", "pairs"}
+
+
+def test_pairs_parquet_has_one_row_per_candidate_pair(curated: dict) -> None:
+    pairs = pq.read_table(os.path.join(curated["outputs"][0], "pairs.parquet")).to_pylist()
+    assert pairs
+    assert all(p["id_a"] < p["id_b"] for p in pairs)
+    assert len({(p["id_a"], p["id_b"]) for p in pairs}) == len(pairs)
+    kept = {d["id"]: d["landmark_id"] for d in curated["decisions"] if d["status"] == "kept"}
+    assert all(p["landmark_id"] == kept.get(p["id_a"], p["landmark_id"]) for p in pairs)

@@ -1,0 +1,84 @@
+"""Option parsing, config resolution and the shape of the curation graph."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+
+from pipeline.cli import _curate_parser, main, overrides_from
+from pipeline.config import build_config
+from pipeline.curate import build_curation, local_runner_args
+
+
+def test_project_flags_are_parsed_apart_from_beam_flags() -> None:
+    args, beam_args = _curate_parser().parse_known_args(
+        [
+            "--train-csv",
+            "t.csv",
+            "--output",
+            "o",
+            "--min-inliers",
+            "40",
+            "--runner",
+            "DataflowRunner",
+            "--project",
+            "p",
+            "--pairs",
+            "random",
+            "--pairs-k",
+            "7",
+        ]
+    )
+    assert beam_args == ["--runner", "DataflowRunner", "--project", "p"]
+    assert overrides_from(args) == {"select": {"min_inliers": 40}, "pairs": {"mode": "random", "k": 7}}
+
+
+def test_config_validates_at_construction() -> None:
+    config = build_config("t.csv", "o", overrides={"select": {"min_inliers": 12}})
+    assert config.select.min_inliers == 12 and config.select.min_component_size == 2
+    with pytest.raises(ValueError):
+        build_config("t.csv", "o", overrides={"select": {"min_inliers": 0}})
+    with pytest.raises(ValueError):
+        build_config("t.csv", "o", preset="nope")
+    with pytest.raises(TypeError):
+        build_config("t.csv", "o", overrides={"verify": {"no_such_field": 1}})
+
+
+def test_local_default_runner_is_in_process_and_explicit_runner_wins() -> None:
+    assert local_runner_args([])[0] == "--runner=DirectRunner"
+    assert "--direct_running_mode=multi_threading" in local_runner_args([])
+    assert local_runner_args(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
+
+
+def test_graph_has_one_composite_per_stage(tmp_path) -> None:
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("id,url,landmark_id\n0123456789abcdef,http://127.0.0.1/x.jpg,1\n")
+    pipeline = beam.Pipeline()
+    outputs = build_curation(pipeline, build_config(str(manifest), str(tmp_path / "out")))
+    assert set(outputs) == {"rows", "features", "pairs", "decisions", "failures"}
+    top = {t.full_label for t in pipeline.transforms_stack[0].parts}
+    for stage in (
+        "ReadManifest",
+        "FetchImages",
+        "DecodeImages",
+        "ExtractFeatures",
+        "GeneratePairs",
+        "VerifyPairs",
+        "SelectClean",
+        "WriteDecisions",
+        "WritePairs",
+        "WriteTrainClean",
+    ):
+        assert stage in top
+
+
+def test_curate_refuses_a_manifest_without_required_columns(tmp_path, capsys) -> None:
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("id,url\n0123456789abcdef,http://127.0.0.1/x.jpg\n")
+    assert main(["curate", "--train-csv", str(manifest), "--output", str(tmp_path / "o")]) == 2
+    assert "landmark_id" in capsys.readouterr().err
+
+
+def test_unknown_command_prints_usage(capsys) -> None:
+    assert main(["frobnicate"]) == 2
+    assert "usage: gld" in capsys.readouterr().err
