@@ -159,12 +159,15 @@ def generate_demo(out_dir: str, base_url: str, config: DemoConfig = DemoConfig()
     _write_csv(
         train_csv,
         ("id", "url", "landmark_id"),
-        [(i, f"{prefix}/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg", _lid(row.label)) for i, row in zip(ids, rows)],
+        [
+            (i, f"{prefix}/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg", _lid(row.label))
+            for i, row in zip(ids, rows, strict=True)
+        ],
     )
     _write_csv(
         truth_csv,
         ("id", "landmark_id", "role", "source"),
-        [(i, _lid(row.label), row.role, row.source) for i, row in zip(ids, rows)],
+        [(i, _lid(row.label), row.role, row.source) for i, row in zip(ids, rows, strict=True)],
     )
     return DemoDataset(out_dir, train_csv, truth_csv, len(rows))
 
