@@ -81,17 +81,26 @@ class WriteParquetParts(beam.PTransform):
         )
 
 
+def _part_prefix(path: str) -> str:
+    """The partition prefix of a `.../part-<prefix>.parquet` path."""
+    return path.rsplit("part-", 1)[-1][: -len(".parquet")]
+
+
 def _concatenate(paths: list[str], destination: str, schema: pa.Schema) -> None:
     """Streams sorted part files into one Parquet file (one row group per part), then deletes them."""
     with FileSystems.create(destination) as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
         if not paths:
             writer.write_table(schema.empty_table())
-        for path in sorted(paths):
+        # Prefix order, not path order: "part-a.parquet" (ids shorter than the prefix) must come
+        # before "part-a-.parquet", although "-" sorts before "." in the path.
+        for path in sorted(paths, key=_part_prefix):
             with FileSystems.open(path) as part:
                 writer.write_table(pq.read_table(io.BytesIO(part.read())))
-    if paths:
-        FileSystems.delete(paths)
     parts_dir = destination + ".parts"
+    if paths:
+        # One pattern for every part: FileSystems.delete globs, and part names hold id prefixes,
+        # which may contain * ? [ (a literal "part-*.parquet" would match every part).
+        FileSystems.delete([FileSystems.join(parts_dir, "*")])
     if FileSystems.exists(parts_dir):
         FileSystems.delete([parts_dir])
 
