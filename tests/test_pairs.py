@@ -1,0 +1,229 @@
+"""Tests of stage 5, candidate pairs and their work blocks (transforms.pairs)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter, defaultdict
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.records import LocalFeatures
+from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, members_by_class, plan_class
+
+
+def _beam_options() -> PipelineOptions:
+    return PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+
+
+def _ids(n: int, seed: int = 0) -> list[str]:
+    """n distinct GLDv2-like ids, in a shuffled order."""
+    ids = [f"{i * 7919 + 13:016x}" for i in range(n)]
+    random.Random(seed).shuffle(ids)
+    return ids
+
+
+def _split(planned: list) -> tuple[list, list]:
+    """plan_class output -> (main (key, pair) items, `needs` values)."""
+    main, needs = [], []
+    for item in planned:
+        if isinstance(item, beam.pvalue.TaggedOutput):
+            assert item.tag == "needs"
+            needs.append(item.value)
+        else:
+            main.append(item)
+    return main, needs
+
+
+def _check_pair_invariants(pairs: list[tuple[str, str]], ids: list[str]) -> None:
+    members = set(ids)
+    assert pairs == sorted(pairs)
+    assert len(set(pairs)) == len(pairs)
+    for a, b in pairs:
+        assert a < b, (a, b)
+        assert a in members and b in members
+
+
+def test_all_pairs_for_a_small_class() -> None:
+    ids = _ids(7)
+    pairs = candidate_pairs(3, ids, PairConfig(mode="all", max_class_for_all=7))
+    assert len(pairs) == 7 * 6 // 2
+    assert pairs == list(itertools.combinations(sorted(ids), 2))
+    _check_pair_invariants(pairs, ids)
+
+
+@pytest.mark.parametrize("ids", [[], ["only"], ["same", "same"]])
+def test_fewer_than_two_images_give_no_pairs(ids: list[str]) -> None:
+    assert candidate_pairs(1, ids, PairConfig()) == []
+    assert candidate_pairs(1, ids, PairConfig(mode="random")) == []
+
+
+def test_duplicate_ids_are_ignored() -> None:
+    assert candidate_pairs(1, ["b", "a", "b", "c", "a"], PairConfig()) == [("a", "b"), ("a", "c"), ("b", "c")]
+
+
+def test_large_class_falls_back_to_random_partners() -> None:
+    n, k = 100, 5
+    ids = _ids(n)
+    config = PairConfig(mode="all", max_class_for_all=40, k=k, seed=3)
+    pairs = candidate_pairs(12, ids, config)
+    _check_pair_invariants(pairs, ids)
+    # each image draws k distinct partners; a pair can be drawn from both ends at most
+    assert n * k // 2 <= len(pairs) <= n * k
+    assert len(pairs) < n * (n - 1) // 2
+    degree = Counter(itertools.chain.from_iterable(pairs))
+    assert set(degree) == set(ids), "every image is in at least one pair"
+    assert min(degree.values()) >= k
+    # "all" above the threshold is exactly "random" with the same k and seed
+    assert pairs == candidate_pairs(12, ids, PairConfig(mode="random", k=k, seed=3))
+
+
+def test_threshold_is_inclusive() -> None:
+    ids = _ids(41)
+    at_limit = candidate_pairs(1, ids[:40], PairConfig(max_class_for_all=40, k=2))
+    above = candidate_pairs(1, ids, PairConfig(max_class_for_all=40, k=2))
+    assert len(at_limit) == 40 * 39 // 2
+    assert len(above) <= 41 * 2
+
+
+def test_random_mode_with_k_at_least_class_size_is_complete() -> None:
+    ids = _ids(6)
+    pairs = candidate_pairs(1, ids, PairConfig(mode="random", k=10))
+    assert pairs == list(itertools.combinations(sorted(ids), 2))
+
+
+def test_random_pairs_deterministic_and_independent_of_input_order() -> None:
+    ids = _ids(120)
+    config = PairConfig(mode="random", k=4, seed=11)
+    first = candidate_pairs(9, ids, config)
+    assert candidate_pairs(9, ids, config) == first
+    assert candidate_pairs(9, list(reversed(ids)), config) == first
+    assert candidate_pairs(9, sorted(ids) + ids[:10], config) == first
+
+
+def test_random_pairs_depend_on_seed_and_class() -> None:
+    ids = _ids(120)
+    base = candidate_pairs(9, ids, PairConfig(mode="random", k=4, seed=11))
+    assert candidate_pairs(9, ids, PairConfig(mode="random", k=4, seed=12)) != base
+    assert candidate_pairs(10, ids, PairConfig(mode="random", k=4, seed=11)) != base
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "exhaustive"},
+        {"max_class_for_all": 1},
+        {"k": 0},
+        {"block_size": 0},
+    ],
+)
+def test_pair_config_rejects_bad_values(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        PairConfig(**kwargs)
+
+
+def _check_plan(landmark_id: int, ids: list[str], config: PairConfig) -> tuple[list, list]:
+    main, needs = _split(list(plan_class(landmark_id, ids, config)))
+    ordered = sorted(set(ids))
+    block_of = {image_id: i // config.block_size for i, image_id in enumerate(ordered)}
+
+    pairs = [pair for _, pair in main]
+    assert pairs == candidate_pairs(landmark_id, ids, config)
+    for key, (a, b) in main:
+        assert key == (landmark_id, block_of[a], block_of[b])
+        assert key[1] <= key[2]
+
+    expected_needs = {(a, key) for key, (a, _) in main} | {(b, key) for key, (_, b) in main}
+    assert needs == sorted(expected_needs), "each (id, block key) exactly once, sorted"
+    return main, needs
+
+
+def test_plan_class_small_blocks() -> None:
+    ids = _ids(10)
+    main, needs = _check_plan(4, ids, PairConfig(block_size=3))
+    assert len(main) == 45
+    keys = {key for key, _ in main}
+    # 10 ids in blocks of 3 -> blocks 0..3 -> every (i <= j) block pair has a pair, except
+    # (3, 3): the last block holds one image, and an image is never paired with itself
+    assert keys == {(4, i, j) for i in range(4) for j in range(i, 4)} - {(4, 3, 3)}
+    # the image of the last block is needed by every key that pairs it with another block
+    last = sorted(ids)[-1]
+    assert {key for image_id, key in needs if image_id == last} == {(4, i, 3) for i in range(3)}
+
+
+def test_plan_class_single_block() -> None:
+    ids = _ids(5)
+    main, needs = _check_plan(8, ids, PairConfig(block_size=32))
+    assert {key for key, _ in main} == {(8, 0, 0)}
+    assert needs == [(image_id, (8, 0, 0)) for image_id in sorted(ids)]
+
+
+def test_plan_class_without_pairs_needs_nothing() -> None:
+    assert list(plan_class(8, ["lonely"], PairConfig())) == []
+
+
+def test_plan_large_class_bounds_work_per_block() -> None:
+    n, k, block_size = 2000, 10, 32
+    ids = _ids(n, seed=5)
+    config = PairConfig(mode="random", k=k, block_size=block_size, seed=1)
+    main, needs = _check_plan(77, ids, config)
+    assert n * k // 2 <= len(main) <= n * k
+
+    ids_per_key: dict[tuple, set[str]] = defaultdict(set)
+    for key, (a, b) in main:
+        ids_per_key[key].update((a, b))
+    assert max(len(members) for members in ids_per_key.values()) <= 2 * block_size
+    # `needs` ships exactly the ids of each key, so the same bound holds for the shuffle
+    needs_per_key: dict[tuple, set[str]] = defaultdict(set)
+    for image_id, key in needs:
+        needs_per_key[key].add(image_id)
+    assert needs_per_key == ids_per_key
+
+    blocks = -(-n // block_size)
+    keys_per_image = Counter(image_id for image_id, _ in needs)
+    assert set(keys_per_image) == set(ids)
+    assert max(keys_per_image.values()) <= blocks
+    # every feature set is shuffled far fewer times than there are pairs
+    assert len(needs) < 2 * len(main)
+    assert np.mean(list(keys_per_image.values())) <= 2 * k
+
+
+def _features(image_id: str, landmark_id: int, line: int) -> LocalFeatures:
+    return LocalFeatures(
+        id=image_id,
+        landmark_id=landmark_id,
+        line=line,
+        keypoints=np.zeros((0, 2), np.float32),
+        descriptors=np.zeros((0, 128), np.uint8),
+        scales=np.zeros((0,), np.float32),
+        scores=np.zeros((0,), np.float32),
+        width=10,
+        height=10,
+    )
+
+
+def test_members_by_class() -> None:
+    assert members_by_class(_features("abc", 12, 40)) == (12, ("abc", 40))
+
+
+def test_generate_pairs_transform() -> None:
+    # class 6 is above max_class_for_all (random partners); its ids differ from class 5's
+    classes = {5: _ids(6, seed=1), 6: [f"z{image_id}" for image_id in _ids(45, seed=2)], 9: ["solo"]}
+    config = PairConfig(max_class_for_all=40, k=3, block_size=4, seed=2)
+    features = [_features(image_id, lid, i) for lid, ids in classes.items() for i, image_id in enumerate(ids)]
+    expected_main, expected_needs = [], []
+    for lid, ids in classes.items():
+        main, needs = _split(list(plan_class(lid, ids, config)))
+        expected_main += main
+        expected_needs += needs
+    assert len(expected_main) > 15 and len(expected_needs) > 0
+
+    with BeamTestPipeline(options=_beam_options()) as pipeline:
+        pairs, needs = pipeline | beam.Create(features) | GeneratePairs(config)
+        assert_that(pairs, equal_to(expected_main), label="CheckPairs")
+        assert_that(needs, equal_to(expected_needs), label="CheckNeeds")
