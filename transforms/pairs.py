@@ -6,7 +6,8 @@ seeded random partners per image, so a class costs O(n*k) pairs, never O(n^2).
 Blocks: a class's sorted ids are cut into blocks of `block_size`; each candidate pair belongs
 to the block pair (block of a, block of b). Verification groups one block pair at a time, so a
 worker holds at most 2 * block_size feature sets however large the class, and each image's
-features are shuffled once per block pair that needs them (<= number of blocks, <= k).
+features are shuffled once per block pair that needs them: at most the number of blocks of its
+class, and about 2k on average in random mode (its own k partners plus those that chose it).
 """
 
 from __future__ import annotations
