@@ -16,7 +16,7 @@ _MAGIC = b"GLA1"
 
 def encode_array(array: np.ndarray) -> bytes:
     """Serialise any fixed-size numeric array; the dtype is stored little endian."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # not ascontiguousarray: it turns a 0-d array into shape (1,)
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     if dtype.hasobject:
         raise TypeError("object arrays cannot be encoded")
@@ -31,14 +31,17 @@ def decode_array(data: bytes) -> np.ndarray:
     if data[:4] != _MAGIC:
         raise ValueError("not an encoded array (bad magic)")
     pos = 4
-    (dlen,) = struct.unpack_from("<B", data, pos)
-    pos += 1
-    dtype = np.dtype(data[pos : pos + dlen].decode("ascii"))
-    pos += dlen
-    (ndim,) = struct.unpack_from("<B", data, pos)
-    pos += 1
-    shape = struct.unpack_from(f"<{ndim}I", data, pos)
-    pos += 4 * ndim
+    try:
+        (dlen,) = struct.unpack_from("<B", data, pos)
+        pos += 1
+        dtype = np.dtype(data[pos : pos + dlen].decode("ascii"))
+        pos += dlen
+        (ndim,) = struct.unpack_from("<B", data, pos)
+        pos += 1
+        shape = struct.unpack_from(f"<{ndim}I", data, pos)
+        pos += 4 * ndim
+    except (struct.error, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"encoded array header is truncated or corrupt: {exc}") from exc
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - pos != expected:
         raise ValueError(f"encoded array has {len(data) - pos} bytes, expected {expected}")

@@ -79,7 +79,7 @@ def parse_manifest_line(line: int, text: str, columns: Sequence[str]) -> Manifes
     if problem:
         return Failure(line, synthetic_id(line), None, Stage.MANIFEST, Reason.BAD_ID, f"{problem}: {image_id!r}", url)
     raw_label = record["landmark_id"].strip()
-    if not raw_label.isdigit():
+    if not (raw_label.isascii() and raw_label.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
         return Failure(line, image_id, None, Stage.MANIFEST, Reason.BAD_LANDMARK_ID, f"landmark_id {raw_label!r}", url)
     return ManifestRow(line=line, id=image_id, url=url, landmark_id=int(raw_label))
 

@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import apache_beam as beam
 import requests
+import urllib3
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import Failure, FetchedImage, ManifestRow
@@ -75,7 +76,14 @@ def _is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        # not is_global adds the shared 100.64.0.0/10 range (carrier NAT, some cloud metadata services)
+        or not ip.is_global
     )
 
 
@@ -109,18 +117,41 @@ def _status_failure(status: int) -> Reason:
 
 
 def _retry_delay(config: FetchConfig, attempt: int, retry_after: str | None) -> float:
-    if retry_after and retry_after.strip().isdigit():
-        return min(float(retry_after), config.total_timeout_s)
+    value = (retry_after or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), config.total_timeout_s)
     return config.backoff_s * (2**attempt) * (0.5 + random.random())
 
 
+def _body_chunks(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
+    """The body as it arrives, one socket read per chunk, so that a caller's deadline is checked
+    at least every read timeout (`iter_content` blocks until a whole chunk is in, which a
+    trickling server can stretch indefinitely). Errors are raised as `iter_content` would, except
+    that a read timeout is a `requests.Timeout`, not a connection error."""
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2.3
+        yield from response.iter_content(chunk_size=chunk_size)
+        return
+    try:
+        while chunk := raw.read1(chunk_size, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ReadTimeout(exc) from exc
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+
+
 def _read_body(response: requests.Response, config: FetchConfig, deadline: float) -> bytes | tuple[Reason, str]:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > config.max_bytes:
+    declared = response.headers.get("Content-Length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > config.max_bytes:
         return Reason.TOO_LARGE, f"Content-Length {declared} > {config.max_bytes}"
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(chunk_size=64 * 1024):
+    for chunk in _body_chunks(response, 64 * 1024):
         size += len(chunk)
         if size > config.max_bytes:
             return Reason.TOO_LARGE, f"body exceeds {config.max_bytes} bytes"
@@ -202,6 +233,9 @@ def image_path(images_dir: str, image_id: str) -> str:
 
 def read_from_dir(row: ManifestRow, config: FetchConfig) -> FetchedImage | Failure:
     """Read the image file; failure reasons: missing_file, too_large, read_error."""
+    if len(row.id) < 3:  # the a/b/c layout needs three characters; a shorter id cannot have a file
+        detail = f"id {row.id!r} is too short for the <dir>/a/b/c/<id>.jpg layout"
+        return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, detail, row.url)
     path = image_path(config.images_dir, row.id)
     try:
         if not FileSystems.exists(path):
