@@ -1,5 +1,7 @@
 """Package `gld`: GLDv2 curation on Apache Beam. The same file is what Dataflow workers install."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -21,11 +23,11 @@ setup(
     name="gld-curate",
     version="0.1.0",
     description="Curate instance-level landmark datasets (GLDv2) into clean training splits with Apache Beam",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8,<10", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8,<10", "ruff>=0.17,<0.18"]},
     entry_points={"console_scripts": ["gld=pipeline.cli:main"]},
 )

@@ -68,7 +68,7 @@ def test_csv_layout(default_demo: DemoDataset) -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
     assert [r["id"] for r in truth] == ids
-    for row, fact in zip(train, truth):
+    for row, fact in zip(train, truth, strict=True):
         i = row["id"]
         assert row["url"] == f"http://127.0.0.1:8000/images/{i[0]}/{i[1]}/{i[2]}/{i}.jpg"
         assert row["landmark_id"] == fact["landmark_id"]

@@ -270,10 +270,11 @@ class _FetchFn(beam.DoFn):
     def process(self, row: ManifestRow) -> Iterator[FetchedImage | Failure]:
         with StageTimer(STAGE):
             if self._config.images_dir:
-                yield read_from_dir(row, self._config)
+                result = read_from_dir(row, self._config)
             else:
                 assert self._session is not None
-                yield fetch_http(self._session, row, self._config)
+                result = fetch_http(self._session, row, self._config)
+        yield result
 
 
 class FetchImages(beam.PTransform):
