@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
-from pipeline.config import PRESETS, build_config
+
+class _DropOptionalGcpNotice(logging.Filter):
+    """Beam logs that GCP client libraries are absent at every import; irrelevant offline."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_DropOptionalGcpNotice())
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+
+
+_configure_logging()
+
+from pipeline.config import PRESETS, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
 def _curate_parser() -> argparse.ArgumentParser:
