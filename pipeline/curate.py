@@ -12,7 +12,6 @@ import os
 import platform
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -47,36 +46,19 @@ from transforms.verify import VerifyPairs
 _BYTES_PER_ROW_GUESS = 60
 
 
-@dataclass(frozen=True)
-class OutputPaths:
-    root: str
+#: Files and folders a run writes under `--output`, by the key used in `run.json`.
+OUTPUT_NAMES = {
+    "train_clean": "train_clean.csv",
+    "decisions": "decisions.parquet",
+    "pairs": "pairs.parquet",
+    "images": "images",
+    "features": "features",
+    "run_json": "run.json",
+}
 
-    def path(self, name: str) -> str:
-        return FileSystems.join(self.root, name)
 
-    @property
-    def train_clean(self) -> str:
-        return self.path("train_clean.csv")
-
-    @property
-    def decisions(self) -> str:
-        return self.path("decisions.parquet")
-
-    @property
-    def pairs(self) -> str:
-        return self.path("pairs.parquet")
-
-    @property
-    def images(self) -> str:
-        return self.path("images")
-
-    @property
-    def features(self) -> str:
-        return self.path("features")
-
-    @property
-    def run_json(self) -> str:
-        return self.path("run.json")
+def output_paths(root: str) -> dict[str, str]:
+    return {key: FileSystems.join(root, name) for key, name in OUTPUT_NAMES.items()}
 
 
 def estimated_rows(path: str) -> int:
@@ -86,7 +68,7 @@ def estimated_rows(path: str) -> int:
 
 def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
     """Wire the whole curation DAG into `pipeline`; returns the named PCollections."""
-    out = OutputPaths(config.output)
+    out = output_paths(config.output)
     rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv))
     fetched, fetch_failures = rows | "FetchImages" >> FetchImages(config.fetch)
     decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
@@ -107,17 +89,17 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
     table_prefix = prefix_length(rows_guess, rows_per_part=50_000)
     store_prefix = prefix_length(rows_guess, rows_per_part=1_000)
     decisions | "WriteDecisions" >> WriteSortedParquet(
-        out.decisions, ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), table_prefix)
+        out["decisions"], ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), table_prefix)
     )
     pairs | "WritePairs" >> WriteSortedParquet(
-        out.pairs, ParquetSpec(PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]), table_prefix)
+        out["pairs"], ParquetSpec(PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]), table_prefix)
     )
-    decisions | "WriteTrainClean" >> WriteTrainClean(out.train_clean)
+    decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
     decoded | "StoreImages" >> WriteParquetParts(
-        out.images, ParquetSpec(IMAGES_SCHEMA, image_to_row, lambda r: (r["id"],), store_prefix)
+        out["images"], ParquetSpec(IMAGES_SCHEMA, image_to_row, lambda r: (r["id"],), store_prefix)
     )
     features | "StoreFeatures" >> WriteParquetParts(
-        out.features, ParquetSpec(FEATURES_SCHEMA, features_to_row, lambda r: (r["id"],), store_prefix)
+        out["features"], ParquetSpec(FEATURES_SCHEMA, features_to_row, lambda r: (r["id"],), store_prefix)
     )
     return {"rows": rows, "features": features, "pairs": pairs, "decisions": decisions, "failures": failures}
 
@@ -187,8 +169,8 @@ def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> di
     result.wait_until_finish()
     wall = time.time() - started
     counters = _metrics(result)
-    out = OutputPaths(config.output)
-    summary = summarize(out.decisions)
+    out = output_paths(config.output)
+    summary = summarize(out["decisions"])
     input_rows = counters.get("manifest", {}).get("input_rows", 0)
     summary["input_rows"] = input_rows
     summary["accounting_ok"] = summary["rows"] == input_rows and summary["distinct_ids"] == summary["rows"]
@@ -201,14 +183,8 @@ def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> di
         },
         "counters": {stage: dict(sorted(c.items())) for stage, c in sorted(counters.items())},
         "versions": _versions(),
-        "outputs": {
-            "train_clean": out.train_clean,
-            "decisions": out.decisions,
-            "pairs": out.pairs,
-            "images": out.images,
-            "features": out.features,
-        },
+        "outputs": {key: path for key, path in out.items() if key != "run_json"},
     }
-    with FileSystems.create(out.run_json) as handle:
+    with FileSystems.create(out["run_json"]) as handle:
         handle.write((json.dumps(run, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return run

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from pipeline.config import build_config
-from pipeline.curate import OutputPaths, run_curation
+from pipeline.curate import output_paths, run_curation
 from pipeline.demo_data import DemoConfig, generate_demo, read_truth
 from pipeline.serve import serve_folder
 from schemas.gldv2_csv import parse_train_clean
@@ -62,8 +62,8 @@ def run_demo(output: str, images: int, seed: int, beam_args: list[str] | None = 
             dataset.train_csv, curated_dir, overrides={"fetch": {"allow_private_hosts": True, "retries": 0}}
         )
         run = run_curation(config, beam_args)
-    out = OutputPaths(curated_dir)
-    score = score_against_truth(out.train_clean, out.decisions, dataset.truth_csv)
+    out = output_paths(curated_dir)
+    score = score_against_truth(out["train_clean"], out["decisions"], dataset.truth_csv)
     return {"run": run, "score": score, "dataset": dataset, "seconds": time.time() - started}
 
 
