@@ -96,14 +96,13 @@ def pair_to_row(pair: PairResult) -> dict:
 
 
 def image_to_row(image: DecodedImage) -> dict:
-    height, width = image.pixels.shape[:2]
     return {
         "id": image.row.id,
         "landmark_id": image.row.landmark_id,
         "url": image.row.url,
         "jpeg": image.jpeg,
-        "width": width,
-        "height": height,
+        "width": image.width,
+        "height": image.height,
         "original_width": image.original_width,
         "original_height": image.original_height,
         "original_bytes": image.original_bytes,
