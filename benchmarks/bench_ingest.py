@@ -32,11 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import build_config  # noqa: E402 - after the path setup above
-from pipeline.ingest import run_ingest  # noqa: E402
-from pipeline.serve import serve_folder  # noqa: E402
+from pipeline.config import build_config
+from pipeline.ingest import run_ingest
+from pipeline.serve import serve_folder
 
 WORKERS = 2
 THREADS = 16
