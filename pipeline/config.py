@@ -36,6 +36,8 @@ class CurateConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     progress: bool = True
+    #: Build the graph only, touching no input or output (`gld curate --dry-run`).
+    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.train_csv or not self.output:

@@ -28,6 +28,7 @@ from schemas.tables import (
 from transforms.decode import DecodeConfig, DecodeImages
 from transforms.fetch import FetchConfig, FetchImages
 from transforms.image_store import (
+    FAILURES_DIR,
     IMAGES_DIR,
     StoreConfig,
     WriteStoreParts,
@@ -45,12 +46,14 @@ STAGE = "ingest"
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """`store`: the run's `--output` (images and the failure log live under it)."""
+    """`store`: the run's `--output` (images and the failure log live under it).
+    `plan_only`: build the graph without touching the store or listing shards (dry runs)."""
 
     store: str
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     parts: StoreConfig = field(default_factory=StoreConfig)
+    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -153,10 +156,14 @@ class Ingest(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
         config = self._config
-        check_fingerprint(config.store, config.fingerprint())
         images_dir = FileSystems.join(config.store, IMAGES_DIR)
-        stored, logged = part_files(images_dir), attempt_dirs(config.store)
-        log_dir = next_attempt_dir(config.store)
+        if config.plan_only:
+            stored, logged = [], []
+            log_dir = FileSystems.join(config.store, FAILURES_DIR, "attempt-NNNN")
+        else:
+            check_fingerprint(config.store, config.fingerprint())
+            stored, logged = part_files(images_dir), attempt_dirs(config.store)
+            log_dir = next_attempt_dir(config.store)
         pipeline = rows.pipeline
         reused = logged_failures = pipeline | "NothingStored" >> beam.Create([])
         to_fetch = rows
@@ -167,7 +174,7 @@ class Ingest(beam.PTransform):
         shard_reports = pipeline | "NoShards" >> beam.Create([])
         if config.fetch.tar_dir:
             fetched, fetch_failures, shard_reports = to_fetch | "FetchFromTars" >> FetchFromTars(
-                config.fetch.tar_dir, config.fetch.max_bytes
+                config.fetch.tar_dir, config.fetch.max_bytes, list_now=not config.plan_only
             )
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
