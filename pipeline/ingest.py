@@ -46,7 +46,7 @@ def build_ingest(
     ingested["duplicates"] | "WriteDuplicates" >> WriteSortedParquet(
         out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]), prefix)
     )
-    if config.fetch.tar_dir:
+    if "shard_reports" in ingested:
         (
             ingested["shard_reports"]
             | "CollectReports" >> beam.combiners.ToList()

@@ -147,8 +147,11 @@ def duplicate_groups(sha256: str, members: Iterable[tuple[str, int]]) -> Iterato
 
 class Ingest(beam.PTransform):
     """ManifestRow PCollection -> dict of PCollections: `images` (DecodedImage), `failures`
-    (fetch/decode Failures, new and logged), `duplicates` (exact-duplicate rows) and
-    `shard_reports` (ShardReport, empty unless reading tars)."""
+    (fetch/decode Failures, new and logged), `duplicates` (exact-duplicate rows) and, when
+    reading tars, `shard_reports` (ShardReport).
+
+    A fresh run has no resume join and no flattening with empty inputs: the graph only has
+    the branches that carry data."""
 
     def __init__(self, config: IngestConfig) -> None:
         super().__init__()
@@ -164,16 +167,14 @@ class Ingest(beam.PTransform):
             check_fingerprint(config.store, config.fingerprint())
             stored, logged = part_files(images_dir), attempt_dirs(config.store)
             log_dir = next_attempt_dir(config.store)
-        pipeline = rows.pipeline
-        reused = logged_failures = pipeline | "NothingStored" >> beam.Create([])
-        to_fetch = rows
-        if stored or logged:
+        to_fetch, outputs = rows, {}
+        resuming = bool(stored or logged)
+        if resuming:
             logged_parts = [(number, path) for number, folder in logged for path in part_files(folder)]
-            resumed = _Resume(stored, logged_parts, config.fetch.retry_failed)
-            to_fetch, reused, logged_failures = rows | "Resume" >> resumed
-        shard_reports = pipeline | "NoShards" >> beam.Create([])
+            resume_join = _Resume(stored, logged_parts, config.fetch.retry_failed)
+            to_fetch, reused, logged_failures = rows | "Resume" >> resume_join
         if config.fetch.tar_dir:
-            fetched, fetch_failures, shard_reports = to_fetch | "FetchFromTars" >> FetchFromTars(
+            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "FetchFromTars" >> FetchFromTars(
                 config.fetch.tar_dir, config.fetch.max_bytes, list_now=not config.plan_only
             )
         else:
@@ -184,12 +185,14 @@ class Ingest(beam.PTransform):
         new_failures | "LogFailures" >> WriteStoreParts(
             log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, config.parts
         )
-        images = (decoded, reused) | "AllImages" >> beam.Flatten()
-        duplicates = (
+        images, failures = decoded, new_failures
+        if resuming:
+            images = (decoded, reused) | "AllImages" >> beam.Flatten()
+            failures = (new_failures, logged_failures) | "IngestFailures" >> beam.Flatten()
+        outputs["duplicates"] = (
             images
             | "ByContent" >> beam.Map(lambda i: (i.sha256, (i.row.id, i.row.landmark_id)))
             | "GroupContent" >> beam.GroupByKey()
             | "Duplicates" >> beam.FlatMapTuple(duplicate_groups)
         )
-        failures = (new_failures, logged_failures) | "IngestFailures" >> beam.Flatten()
-        return {"images": images, "failures": failures, "duplicates": duplicates, "shard_reports": shard_reports}
+        return {"images": images, "failures": failures, **outputs}
