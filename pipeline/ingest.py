@@ -3,6 +3,7 @@ exact-duplicate table, per-shard reports and an img2dataset-like stats summary."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import apache_beam as beam
@@ -30,7 +31,7 @@ def ingest_paths(root: str) -> dict[str, str]:
 
 
 def _write_shard_reports(reports: list, path: str) -> None:
-    write_json(path, [report.__dict__ for report in sorted(reports, key=lambda r: r.shard)])
+    write_json(path, [dataclasses.asdict(report) for report in sorted(reports, key=lambda r: r.shard)])
 
 
 def build_ingest(
