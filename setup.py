@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "requests>=2.31,<3",
     "pillow>=11,<13",
     "crcmod>=1.7,<2",
+    "tensorboard>=2.21,<2.22",  # gld train writes TensorBoard logs
 ]
 
 setup(

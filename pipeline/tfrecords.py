@@ -112,21 +112,22 @@ def _assignments(line: str, labels: Mapping[int, int], config: ExportConfig) -> 
         yield image_id, (labels[int(label)], split)
 
 
-def _route(joined: tuple[str, dict]) -> Iterator:
+def _route(joined: tuple[str, dict]) -> list:
+    """Joined id -> [] (a stored image outside the split), the id tagged `missing`, or its
+    serialised example tagged with its split."""
     image_id, groups = joined
     assigned = list(groups["split"])
-    if not assigned:
-        return  # a stored image outside the split
-    label, split = assigned[0]
     images = list(groups["image"])
+    if not assigned:
+        return []
+    label, split = assigned[0]
     if not images:
         tick(STAGE, "missing_image")
-        yield beam.pvalue.TaggedOutput("missing", image_id)
-        return
+        return [beam.pvalue.TaggedOutput("missing", image_id)]
     # an id stored by a retried bundle has the same content in each part: any copy will do
     row = images[0]
     tick(STAGE, split)
-    yield beam.pvalue.TaggedOutput(split, tf_example(image_id, row["jpeg"], row["width"], row["height"], label))
+    return [beam.pvalue.TaggedOutput(split, tf_example(image_id, row["jpeg"], row["width"], row["height"], label))]
 
 
 class ExportTFRecords(beam.PTransform):
