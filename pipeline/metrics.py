@@ -293,7 +293,8 @@ def load_revisited_ground_truth(path: str) -> RevisitedGroundTruth:
     the same dictionary as JSON (`.json`)."""
     with open(path, "rb") as handle:
         raw = json.load(handle) if path.endswith(".json") else pickle.load(handle)
-    gnd = [{group: [int(i) for i in entry.get(group, [])] for group in ("easy", "hard", "junk")} for entry in raw["gnd"]]
+    groups = ("easy", "hard", "junk")
+    gnd = [{group: [int(i) for i in entry.get(group, [])] for group in groups} for entry in raw["gnd"]]
     return RevisitedGroundTruth(list(raw["imlist"]), list(raw["qimlist"]), gnd)
 
 

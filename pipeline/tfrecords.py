@@ -179,7 +179,8 @@ def run_export(config: ExportConfig, beam_args: list[str] | None = None, show_pr
     labels = relabel([lid for lid, ids in classes.items() if ids])
     with FileSystems.create(FileSystems.join(config.output, "relabeling.csv")) as handle:
         handle.write(relabeling_csv(labels).encode("utf-8"))
-    counters, seconds = run_pipeline(lambda p: p | "Export" >> ExportTFRecords(config, labels), beam_args, show_progress)
+    export = ExportTFRecords(config, labels)
+    counters, seconds = run_pipeline(lambda p: p | "Export" >> export, beam_args, show_progress)
     counts = counters.get(STAGE, {})
     summary = {
         "classes": len(labels),

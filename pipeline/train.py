@@ -315,7 +315,7 @@ def _train_loop(config, strategy, embedder, arcface, optimizer, step, manager, g
             per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         gradients, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), config.clip_norm)
-        optimizer.apply_gradients(zip(gradients, variables))
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
         correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), labels), tf.float32)
         return loss, tf.reduce_sum(correct) / global_batch
 

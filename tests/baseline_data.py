@@ -14,8 +14,17 @@ from transforms.image_store import write_part
 
 def class_view(landmark_id: int, view: int, size: int = 64) -> np.ndarray:
     """uint8 [size, size, 3] view `view` of class `landmark_id`."""
-    texture = np.random.default_rng(landmark_id).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    big = cv2.resize(texture, (4 * size, 4 * size), interpolation=cv2.INTER_NEAREST)
+    # coarse colour blocks make the classes easy for a tiny network; fine blobs give SIFT corners
+    rng_class = np.random.default_rng(landmark_id)
+    blocks = cv2.resize(
+        rng_class.integers(0, 256, (8, 8, 3), dtype=np.uint8), (4 * size, 4 * size), interpolation=cv2.INTER_NEAREST
+    )
+    blobs = cv2.resize(
+        rng_class.integers(0, 256, (6 * size // 8, 6 * size // 8, 1), dtype=np.uint8),
+        (4 * size, 4 * size),
+        interpolation=cv2.INTER_CUBIC,
+    )
+    big = cv2.addWeighted(blocks, 0.5, cv2.merge([blobs] * 3), 0.5, 0)
     rng = np.random.default_rng(1000 * landmark_id + view)
     side = int(rng.integers(2 * size, 3 * size))
     x, y = (int(v) for v in rng.integers(0, 4 * size - side, 2))

@@ -87,7 +87,9 @@ def test_export_writes_official_records(tmp_path):
     assert first["image/height"].int64_list.value[0] == 64
     decoded = tf.io.decode_jpeg(first["image/encoded"].bytes_list.value[0])
     assert tuple(decoded.shape) == (64, 64, 3)
-    label_of = {ex["image/id"].bytes_list.value[0].decode(): ex["image/class/label"].int64_list.value[0] for ex in train}
+    label_of = {
+        ex["image/id"].bytes_list.value[0].decode(): ex["image/class/label"].int64_list.value[0] for ex in train
+    }
     assert label_of["0420000000000000"] == 2  # the one-image class trains by default
     assert {label_of[i] for i in CLASSES[7] if i in label_of} == {1}
     held_out = {ex["image/id"].bytes_list.value[0].decode() for ex in validation}
