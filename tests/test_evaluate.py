@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,7 @@ def setup(tmp_path_factory):
     )
     config = TrainConfig(records, str(root / "model"), backbone="tiny", tiny_width=8, image_size=32, steps=0)
     model = run_training(config).saved_model
-    return root, index, queries, model
+    return index, queries, model
 
 
 def _solutions():
@@ -61,29 +63,29 @@ def _solutions():
 
 
 def test_evaluate_writes_official_predictions(setup, tmp_path):
-    root, index, queries, model = setup
+    index, queries, model = setup
     retrieval_solution, recognition_solution = _solutions()
     summary = run_evaluation(EvaluateConfig(model, index, queries, str(tmp_path / "r"), top_k=5), show_progress=False)
     assert summary["queries"] == 6
-    text = open(summary["predictions"], encoding="utf-8").read()
+    text = Path(summary["predictions"]).read_text()
     solution = parse_solution(retrieval_solution, "retrieval")
     public, _ = parse_predictions(text, solution, "retrieval")
     assert sorted(public) == sorted(q for qs in QUERIES.values() for q in qs)
     assert all(len(ranked) == 5 and len(set(ranked)) == 5 for ranked in public.values())
     assert 0 <= retrieval_scores(retrieval_solution, text)["public"]["map@100"] <= 1
     again = run_evaluation(EvaluateConfig(model, index, queries, str(tmp_path / "r2"), top_k=5), show_progress=False)
-    assert open(again["predictions"], encoding="utf-8").read() == text
+    assert Path(again["predictions"]).read_text() == text
 
     config = EvaluateConfig(model, index, queries, str(tmp_path / "c"), task="recognition", signature=SIGNATURE)
-    recognition = open(run_evaluation(config, show_progress=False)["predictions"], encoding="utf-8").read()
+    recognition = Path(run_evaluation(config, show_progress=False)["predictions"]).read_text()
     assert recognition.startswith("id,landmarks\n")
     scores = recognition_scores(recognition_solution, recognition)["private"]
     assert 0 <= scores["gap"] <= 1 and scores["top1"] is not None
 
 
 def test_rerank_by_spatial_verification_finds_the_class(setup, tmp_path):
-    root, index, queries, model = setup
+    index, queries, model = setup
     config = EvaluateConfig(model, index, queries, str(tmp_path / "v"), rerank=True, rerank_top=12)
-    text = open(run_evaluation(config, show_progress=False)["predictions"], encoding="utf-8").read()
+    text = Path(run_evaluation(config, show_progress=False)["predictions"]).read_text()
     retrieval_solution, _ = _solutions()
     assert retrieval_scores(retrieval_solution, text)["public"]["map@100"] > 0.9
