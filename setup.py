@@ -29,6 +29,6 @@ setup(
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8,<10", "ruff>=0.17,<0.18"]},
+    extras_require={"test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7"]},
     entry_points={"console_scripts": ["gld=pipeline.cli:main"]},
 )
