@@ -193,6 +193,10 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--output", default="demo-output", help="folder for the data and the curated outputs")
     parser.add_argument("--images", type=int, default=600, help="rows in the generated train.csv")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--with-baselines", action="store_true", help="then export, train (CPU, minutes) and evaluate retrieval"
+    )
+    parser.add_argument("--baseline-steps", type=int, default=1000, help="training steps of --with-baselines")
     args, beam_args = parser.parse_known_args(argv)
     result = run_demo(args.output, args.images, args.seed, beam_args)
     score, counts = result["score"], result["run"]["counts"]
@@ -216,7 +220,27 @@ def demo_main(argv: list[str]) -> int:
             }
         )
     )
+    if args.with_baselines:
+        _demo_baselines(args.output, args.baseline_steps, beam_args)
     return 0 if counts["accounting_ok"] else 1
+
+
+def _demo_baselines(output: str, steps: int, beam_args: list[str]) -> None:
+    import os
+
+    from pipeline.curate import output_paths
+    from pipeline.demo_baselines import DemoBaselineConfig, run_baselines
+
+    curated = output_paths(os.path.join(output, "curated"))
+    work_dir = os.path.join(output, "baselines")
+    config = DemoBaselineConfig(steps=steps)
+    result = run_baselines(curated["train_clean"], curated["images"], work_dir, config, beam_args)
+    print(
+        f"baselines: {result['queries']} held-out queries against {result['index']} training images; "
+        f"trained {steps} steps in {result['train_seconds']:.0f} s, loss {result['losses'][0]:.2f} -> "
+        f"{result['losses'][-1]:.2f}; outputs under {work_dir}"
+    )
+    print(json.dumps({"untrained_map@100": result["untrained_map@100"], "trained_map@100": result["trained_map@100"]}))
 
 
 def export_main(argv: list[str]) -> int:
