@@ -302,9 +302,12 @@ def train_main(argv: list[str]) -> int:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("learning_rate", "momentum", "clip_norm", "arcface_margin", "arcface_scale", "min_crop_area"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument(
+        "--test-scales", type=float, nargs="+", default=list(defaults.test_scales), help="scales of the export"
+    )
     args = parser.parse_args(argv)
     try:
-        config = TrainConfig(**vars(args))
+        config = TrainConfig(**{**vars(args), "test_scales": tuple(args.test_scales)})
         result = run_training(config)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"gld train: error: {exc}", file=sys.stderr)

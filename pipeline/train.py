@@ -54,6 +54,7 @@ class TrainConfig:
     arcface_scale: float = 45.25
     gem_power: float = 3.0
     min_crop_area: float = 0.08
+    test_scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
     shuffle_buffer: int = 1000
     strategy: str = "one"
     tpu: str = ""
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError("steps must be >= 0; learning_rate, clip_norm and arcface_scale > 0")
         if not 0 <= self.momentum < 1 or not 0 <= self.arcface_margin < math.pi / 2:
             raise ValueError("momentum must be in [0, 1) and arcface_margin in [0, pi/2)")
+        if not self.test_scales or min(self.test_scales) <= 0:
+            raise ValueError("test_scales must be a non-empty tuple of positive factors")
         if not 0 < self.min_crop_area <= 1 or self.gem_power <= 0:
             raise ValueError("min_crop_area must be in (0, 1] and gem_power > 0")
 
@@ -154,11 +157,12 @@ def _tiny_backbone(inputs, width: int):
 
 
 def build_embedder(config: TrainConfig):
-    """Keras model: normalised pixels [B, S, S, 3] -> embedding [B, D] (not L2-normalised)."""
+    """Keras model: normalised pixels [B, H, W, 3] -> embedding [B, D] (not L2-normalised)."""
     import keras
 
     GeMPooling, _ = _layers()
-    shape = (config.image_size, config.image_size, 3)
+    # any input size: training uses image_size crops, the export embeds at several scales
+    shape = (None, None, 3)
     inputs = keras.Input(shape=shape, name="pixels")
     if config.backbone == "tiny":
         features = _tiny_backbone(inputs, config.tiny_width)
@@ -237,16 +241,20 @@ def export_saved_model(embedder, config: TrainConfig, path: str) -> None:
     - `serving_default`: `image` uint8 [H, W, 3] (any size, RGB) -> `embedding` float32 [D];
     - `embed_batch`: `images` uint8 [B, H, W, 3] -> `embedding` float32 [B, D].
 
-    Images are resized to `image_size` x `image_size` (aspect not kept) and normalised as in
-    training, so callers pass decoded pixels only.
+    As in the paper's test-time descriptor, images are resized to `s * image_size` square (aspect
+    not kept) for each s in `test_scales`, normalised as in training, embedded, L2-normalised,
+    summed over scales and L2-normalised again; callers pass decoded pixels only.
     """
     import tensorflow as tf
 
-    size = (config.image_size, config.image_size)
+    sizes = [max(32, round(scale * config.image_size)) for scale in config.test_scales]
 
     def embed(images):
-        pixels = normalise_pixels(tf.image.resize(tf.cast(images, tf.float32), size))
-        return tf.math.l2_normalize(embedder(pixels, training=False), axis=1)
+        total = 0.0
+        for side in sizes:
+            pixels = normalise_pixels(tf.image.resize(tf.cast(images, tf.float32), (side, side)))
+            total += tf.math.l2_normalize(embedder(pixels, training=False), axis=1)
+        return tf.math.l2_normalize(total, axis=1)
 
     module = tf.Module()
     module.embedder = embedder
