@@ -271,7 +271,7 @@ def _write_text(lines: list[str], path: str, task: str) -> None:
         handle.write(predictions_csv(task, lines).encode("utf-8"))
 
 
-class EvaluateRetrieval(beam.PTransform):
+class EvaluateQueries(beam.PTransform):
     """Pipeline root -> writes the predictions CSV of `config.task` under `config.output`."""
 
     def __init__(self, config: EvaluateConfig) -> None:
@@ -331,7 +331,7 @@ class EvaluateRetrieval(beam.PTransform):
 
 def run_evaluation(config: EvaluateConfig, beam_args: list[str] | None = None, show_progress: bool = True) -> dict:
     """Run the evaluation job; returns `{"predictions": path, "queries": n, "seconds": s}`."""
-    counters, seconds = run_pipeline(lambda p: p | "Evaluate" >> EvaluateRetrieval(config), beam_args, show_progress)
+    counters, seconds = run_pipeline(lambda p: p | "Evaluate" >> EvaluateQueries(config), beam_args, show_progress)
     summary = {
         "predictions": FileSystems.join(config.output, PREDICTION_FILES[config.task]),
         "queries": counters.get(STAGE, {}).get("ranked", 0),

@@ -197,3 +197,18 @@ def test_revisited_toy_check_and_protocols(tmp_path):
     assert revisited_protocol([[]], [{"easy": [], "hard": [], "junk": []}], "easy")["map"] is None
     with pytest.raises(ValueError, match="unknown"):
         revisited_scores(truth, csv_text("id,images", ["q1,zz"]))
+
+
+def test_gld_score_prints_one_json_object(tmp_path, capsys):
+    from pipeline.cli import main
+
+    solution = tmp_path / "solution.csv"
+    solution.write_text(RETRIEVAL_SOLUTION)
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text(csv_text("id,images", ["B,00 10", "C,40", "D,30 40"]))
+    assert main(["score", "retrieval", "--solution", str(solution), "--predictions", str(predictions)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed) == {"public", "private"}
+    assert printed["public"]["map@100"] == pytest.approx(0.458333, abs=1e-6)
+    predictions.write_text(csv_text("id,images", ["B,10", "B,10"]))
+    assert main(["score", "retrieval", "--solution", str(solution), "--predictions", str(predictions)]) == 2
