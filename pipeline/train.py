@@ -190,15 +190,17 @@ def _parse_example(serialized):
     return parsed["image/encoded"], parsed["image/class/label"]
 
 
-def random_crop(jpeg, config: TrainConfig):
+def random_crop(jpeg, seed, config: TrainConfig):
     """JPEG bytes -> float32 [S, S, 3] normalised pixels of one random crop (the official
-    augmentation: area min_crop_area..1 of the image, aspect 3/4..4/3, no flip)."""
+    augmentation: area min_crop_area..1 of the image, aspect 3/4..4/3, no flip). `seed` int64
+    [2]: the crop is a function of it, so a run's crops do not depend on thread scheduling."""
     import tensorflow as tf
 
     image = tf.io.decode_jpeg(jpeg, channels=3)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=seed,
         area_range=(config.min_crop_area, 1.0),
         aspect_ratio_range=(3 / 4, 4 / 3),
         max_attempts=100,
@@ -217,8 +219,14 @@ def training_dataset(config: TrainConfig, global_batch: int):
         raise FileNotFoundError(f"no train-*-of-* shards in {config.tfrecords}")
     dataset = tf.data.Dataset.from_tensor_slices(sorted(files)).shuffle(len(files), seed=config.seed)
     dataset = dataset.interleave(tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat().map(_parse_example)
-    dataset = dataset.map(lambda jpeg, label: (random_crop(jpeg, config), label), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat().map(_parse_example).enumerate()
+
+    def crop(position, example):
+        jpeg, label = example
+        seed = tf.stack([tf.constant(config.seed, tf.int64), position])
+        return random_crop(jpeg, seed, config), label
+
+    dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(global_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
