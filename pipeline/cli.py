@@ -58,6 +58,12 @@ def _curate_parser() -> argparse.ArgumentParser:
     select = parser.add_argument_group("selection")
     select.add_argument("--min-inliers", type=int, help="inliers that make a verified edge (default 30)")
     select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
+    select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
+    select.add_argument(
+        "--keep-largest-component", action="store_true", help="components policy: keep only a class's largest"
+    )
+    select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
+    select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return parser
 
@@ -78,6 +84,10 @@ _OVERRIDES = {
     "ransac_threshold": ("verify", "ransac_threshold"),
     "min_inliers": ("select", "min_inliers"),
     "min_component_size": ("select", "min_component_size"),
+    "policy": ("select", "policy"),
+    "keep_largest_component": ("select", "largest_component_only"),
+    "min_degree": ("select", "min_degree"),
+    "min_class_size": ("select", "min_class_size"),
 }
 
 
