@@ -152,7 +152,30 @@ def demo_main(argv: list[str]) -> int:
     return 0 if counts["accounting_ok"] else 1
 
 
-COMMANDS = {"curate": curate_main, "demo": demo_main}
+def compare_main(argv: list[str]) -> int:
+    from pipeline.compare import agreement, class_disagreements, format_table, read_split
+
+    parser = argparse.ArgumentParser(
+        prog="gld compare",
+        description="Agreement of two train_clean.csv splits: one JSON line on stdout, then the classes "
+        "that disagree most as a table on stderr.",
+    )
+    parser.add_argument("--clean", required=True, help="our train_clean.csv (precision is over it)")
+    parser.add_argument("--reference", required=True, help="reference train_clean.csv (recall is over it)")
+    parser.add_argument("--top", type=int, default=20, help="classes listed in the table")
+    args = parser.parse_args(argv)
+    try:
+        ours, ref = read_split(args.clean), read_split(args.reference)
+    except (ValueError, OSError) as exc:
+        print(f"gld compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(agreement(ours, ref), sort_keys=True))
+    sys.stdout.flush()
+    print(format_table(class_disagreements(ours, ref, args.top)), file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"curate": curate_main, "demo": demo_main, "compare": compare_main}
 
 
 def main(argv: list[str] | None = None) -> int:
