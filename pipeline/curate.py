@@ -33,6 +33,7 @@ from schemas.tables import (
     pair_to_row,
 )
 from transforms import progress
+from transforms.c2x import ExportRejectedSameClass
 from transforms.decode import DecodeImages
 from transforms.features import ExtractFeatures
 from transforms.fetch import FetchImages
@@ -54,6 +55,8 @@ OUTPUT_NAMES = {
     "images": "images",
     "features": "features",
     "run_json": "run.json",
+    "c2x_csv": "c2x_rejected.csv",
+    "c2x_scores": "c2x_scores.parquet",
 }
 
 
@@ -95,6 +98,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         out["pairs"], ParquetSpec(PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]), table_prefix)
     )
     decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
+    decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"], table_prefix)
     decoded | "StoreImages" >> WriteParquetParts(
         out["images"], ParquetSpec(IMAGES_SCHEMA, image_to_row, lambda r: (r["id"],), store_prefix)
     )
