@@ -64,6 +64,9 @@ def _curate_parser() -> argparse.ArgumentParser:
     )
     select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
     select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
+    parser.add_argument(
+        "--no-audit", action="store_true", help="skip the label-noise audit (audit.parquet stays empty)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return parser
 
@@ -104,10 +107,11 @@ def curate_main(argv: list[str]) -> int:
     from pipeline.curate import run_curation
 
     args, beam_args = _curate_parser().parse_known_args(argv)
+    overrides = overrides_from(args)
+    if args.no_audit:
+        overrides.setdefault("audit", {})["enabled"] = False
     try:
-        config = build_config(
-            args.train_csv, args.output, args.preset, overrides_from(args), progress=not args.no_progress
-        )
+        config = build_config(args.train_csv, args.output, args.preset, overrides, progress=not args.no_progress)
         run = run_curation(config, beam_args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"gld curate: error: {exc}", file=sys.stderr)

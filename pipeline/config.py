@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from transforms.audit import AuditConfig
 from transforms.decode import DecodeConfig
 from transforms.features import FeatureConfig
 from transforms.fetch import FetchConfig
@@ -40,6 +41,7 @@ class CurateConfig:
     pairs: PairConfig = field(default_factory=PairConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -59,6 +61,7 @@ STAGE_CONFIGS = {
     "pairs": PairConfig,
     "verify": VerifyConfig,
     "select": SelectConfig,
+    "audit": AuditConfig,
 }
 
 

@@ -23,16 +23,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.config import CurateConfig
 from schemas.records import ImageDecision
 from schemas.tables import (
+    AUDIT_SCHEMA,
     DECISIONS_SCHEMA,
     FEATURES_SCHEMA,
     IMAGES_SCHEMA,
     PAIRS_SCHEMA,
     decision_to_row,
     features_to_row,
+    finding_to_row,
     image_to_row,
     pair_to_row,
 )
 from transforms import progress
+from transforms.audit import AuditLabels
 from transforms.c2x import ExportRejectedSameClass
 from transforms.decode import DecodeImages
 from transforms.features import ExtractFeatures
@@ -57,6 +60,7 @@ OUTPUT_NAMES = {
     "run_json": "run.json",
     "c2x_csv": "c2x_rejected.csv",
     "c2x_scores": "c2x_scores.parquet",
+    "audit": "audit.parquet",
 }
 
 
@@ -99,6 +103,16 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
     )
     decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
     decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"], table_prefix)
+    if config.audit.enabled:
+        findings = {"decoded": decoded, "features": features, "decisions": decisions} | "AuditLabels" >> AuditLabels(
+            config.audit, config.verify, config.select.min_inliers
+        )
+    else:
+        findings = pipeline | "NoAudit" >> beam.Create([])
+    findings | "WriteAudit" >> WriteSortedParquet(
+        out["audit"],
+        ParquetSpec(AUDIT_SCHEMA, finding_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"], r["landmark_a"]), 0),
+    )
     decoded | "StoreImages" >> WriteParquetParts(
         out["images"], ParquetSpec(IMAGES_SCHEMA, image_to_row, lambda r: (r["id"],), store_prefix)
     )
