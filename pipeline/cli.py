@@ -136,7 +136,7 @@ def demo_main(argv: list[str]) -> int:
     print(f"rows {counts['rows']}: {counts['by_status']}")
     for key, value in counts["by_reason"].items():
         print(f"  {key:40s} {value}")
-    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions.parquet, pairs.parquet, run.json)")
+    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions.parquet, pairs.parquet, audit.parquet, report.html, run.json)")
     print(
         f"against the truth: kept {score.kept}, precision {score.precision:.3f}, recall {score.recall:.3f}, "
         f"noise kept {score.noise_kept}, broken rows failed {score.broken_failed:.0%}; "
@@ -179,7 +179,22 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"curate": curate_main, "demo": demo_main, "compare": compare_main}
+def audit_main(argv: list[str]) -> int:
+    from pipeline.report import build_report
+
+    parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
+    parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.output)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"gld audit: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"report": path}))
+    return 0
+
+
+COMMANDS = {"curate": curate_main, "demo": demo_main, "compare": compare_main, "audit": audit_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import CurateConfig
+from pipeline.report import build_report
 from schemas.records import ImageDecision
 from schemas.tables import (
     AUDIT_SCHEMA,
@@ -61,6 +62,7 @@ OUTPUT_NAMES = {
     "c2x_csv": "c2x_rejected.csv",
     "c2x_scores": "c2x_scores.parquet",
     "audit": "audit.parquet",
+    "report": "report.html",
 }
 
 
@@ -205,4 +207,5 @@ def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> di
     }
     with FileSystems.create(out["run_json"]) as handle:
         handle.write((json.dumps(run, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    build_report(config.output)
     return run

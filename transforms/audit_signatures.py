@@ -66,8 +66,9 @@ def hyperplanes(seed: int, bands: int, dim: int) -> np.ndarray:
 
 
 def bits_for(images: int, bucket_target: int) -> int:
-    """SimHash bits per band so that a band's average bucket holds about `bucket_target` images."""
-    return min(MAX_SIMHASH_BITS, max(1, math.ceil(math.log2(max(images, 1) / bucket_target))))
+    """SimHash bits per band so that a band's average bucket holds about `bucket_target` images
+    (0 bits, one bucket per band, while all images fit in one)."""
+    return min(MAX_SIMHASH_BITS, max(0, math.ceil(math.log2(max(images, 1) / bucket_target))))
 
 
 def simhash_codes(signature: np.ndarray, planes: np.ndarray, bits: int) -> list[int]:
