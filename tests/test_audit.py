@@ -29,7 +29,7 @@ from transforms.verify import VerifyConfig
 
 
 def _scene(seed: int) -> np.ndarray:
-    return np.ascontiguousarray(_texture(np.random.default_rng(seed), (640, 480), False)[:, :, ::-1])
+    return np.ascontiguousarray(_texture(np.random.default_rng(seed), (400, 300), False)[:, :, ::-1])
 
 
 def _jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
@@ -157,10 +157,12 @@ def test_audit_transform_finds_every_kind() -> None:
         _decoded("c2", 6, copy, 6),  # the very same bytes under another class
         _decoded("d1", 7, _jpeg(_scene(14)), 7),
     ]
-    extractor = SiftExtractor(FeatureConfig(max_features=1000))
+    extractor = SiftExtractor(FeatureConfig(max_features=600))
     features = [extract_features(image, extractor) for image in images]
     decisions = [_select_decision(f"s{i}", 8, c, 3) for i, c in enumerate((0, 0, 0, 1, 1, 1))]
-    with BeamTestPipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])) as pipeline:
+    with BeamTestPipeline(
+        options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    ) as pipeline:
         findings = {
             "decoded": pipeline | "Images" >> beam.Create(images),
             "features": pipeline | "Features" >> beam.Create(features),
