@@ -136,7 +136,7 @@ def demo_main(argv: list[str]) -> int:
     print(f"rows {counts['rows']}: {counts['by_status']}")
     for key, value in counts["by_reason"].items():
         print(f"  {key:40s} {value}")
-    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions.parquet, pairs.parquet, audit.parquet, report.html, run.json)")
+    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions, pairs, audit, report.html, run.json)")
     print(
         f"against the truth: kept {score.kept}, precision {score.precision:.3f}, recall {score.recall:.3f}, "
         f"noise kept {score.noise_kept}, broken rows failed {score.broken_failed:.0%}; "
