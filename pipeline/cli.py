@@ -31,20 +31,44 @@ _configure_logging()
 from pipeline.config import PRESETS, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
+def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-csv", required=True, help="manifest with columns id,url,landmark_id (any Beam path)")
+    parser.add_argument("--output", required=True, help="output folder (any Beam path); re-runs reuse its images")
+    fetch = parser.add_argument_group("ingest")
+    fetch.add_argument("--images-dir", help="read <dir>/a/b/c/<id>.jpg instead of downloading the urls")
+    fetch.add_argument("--tar-dir", help="read the official images_NNN.tar shards (and md5 files) here")
+    fetch.add_argument("--retry-failed", action="store_true", help="fetch again the rows an earlier run failed on")
+    fetch.add_argument("--allow-private-hosts", action="store_true", help="allow loopback/private hosts (tests, demo)")
+    fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes (default 30 MiB)")
+    fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
+    fetch.add_argument("--jpeg-quality", type=int, help="quality of the stored JPEG (default 90)")
+    fetch.add_argument("--fetch-threads", type=int, help="concurrent downloads per worker (default 16)")
+    fetch.add_argument("--max-per-host", type=int, help="concurrent requests to one host per worker (default 8)")
+    fetch.add_argument("--per-host-rps", type=float, help="request starts per second per host and worker (0: no cap)")
+    fetch.add_argument("--user-agent", help="User-Agent header sent with every request")
+    fetch.add_argument("--timeout", type=float, help="total seconds for one image, retries included (default 60)")
+    fetch.add_argument("--retries", type=int, help="retries on connection errors, 429 and 5xx (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def _ingest_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gld ingest",
+        description="Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
+        "--output reuses them. Unknown flags go to Beam.",
+    )
+    _add_ingest_flags(parser)
+    return parser
+
+
 def _curate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gld curate",
         description="Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
     )
-    parser.add_argument("--train-csv", required=True, help="manifest with columns id,url,landmark_id (any Beam path)")
-    parser.add_argument("--output", required=True, help="output folder (any Beam path)")
+    _add_ingest_flags(parser)
     parser.add_argument("--preset", default="gldv2-components", choices=sorted(PRESETS))
-    fetch = parser.add_argument_group("ingest")
-    fetch.add_argument("--images-dir", help="read <dir>/a/b/c/<id>.jpg instead of downloading the urls")
-    fetch.add_argument("--allow-private-hosts", action="store_true", help="allow loopback/private hosts (tests, demo)")
-    fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes")
-    fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
     features = parser.add_argument_group("features")
     features.add_argument("--extractor", choices=["sift"], help="local feature extractor (default sift)")
     features.add_argument("--max-features", type=int, help="strongest keypoints kept per image (default 4000)")
@@ -67,16 +91,24 @@ def _curate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-audit", action="store_true", help="skip the label-noise audit (audit.parquet stays empty)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return parser
 
 
 # flag attribute -> (stage, config field)
 _OVERRIDES = {
     "images_dir": ("fetch", "images_dir"),
+    "tar_dir": ("fetch", "tar_dir"),
+    "retry_failed": ("fetch", "retry_failed"),
     "allow_private_hosts": ("fetch", "allow_private_hosts"),
     "max_image_bytes": ("fetch", "max_bytes"),
+    "fetch_threads": ("fetch", "threads"),
+    "max_per_host": ("fetch", "max_per_host"),
+    "per_host_rps": ("fetch", "per_host_rps"),
+    "user_agent": ("fetch", "user_agent"),
+    "timeout": ("fetch", "total_timeout_s"),
+    "retries": ("fetch", "retries"),
     "max_side": ("decode", "max_side"),
+    "jpeg_quality": ("decode", "jpeg_quality"),
     "extractor": ("features", "extractor"),
     "max_features": ("features", "max_features"),
     "pairs": ("pairs", "mode"),
@@ -97,7 +129,7 @@ _OVERRIDES = {
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     for attr, (stage, name) in _OVERRIDES.items():
-        value = getattr(args, attr)
+        value = getattr(args, attr, None)
         if value is not None and value is not False:
             overrides.setdefault(stage, {})[name] = value
     return overrides
@@ -121,6 +153,22 @@ def curate_main(argv: list[str]) -> int:
         json.dumps({"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]})
     )
     return 0 if counts["accounting_ok"] else 1
+
+
+def ingest_main(argv: list[str]) -> int:
+    from pipeline.ingest import run_ingest
+
+    args, beam_args = _ingest_parser().parse_known_args(argv)
+    try:
+        overrides = overrides_from(args)
+        config = build_config(args.train_csv, args.output, overrides=overrides, progress=not args.no_progress)
+        stats = run_ingest(config, beam_args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"gld ingest: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {key: stats[key] for key in ("rows", "stored", "reused", "failed_total", "images_per_s", "accounting_ok")}
+    print(json.dumps({"output": args.output, **summary}))
+    return 0 if stats["accounting_ok"] else 1
 
 
 def demo_main(argv: list[str]) -> int:
@@ -194,7 +242,13 @@ def audit_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"curate": curate_main, "demo": demo_main, "compare": compare_main, "audit": audit_main}
+COMMANDS = {
+    "ingest": ingest_main,
+    "curate": curate_main,
+    "demo": demo_main,
+    "compare": compare_main,
+    "audit": audit_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

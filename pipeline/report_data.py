@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.image_store import part_files
+
 
 @dataclass
 class ClassCounts:
@@ -154,9 +156,8 @@ def rows_with_ids(directory: str, ids: set[str], columns: list[str]) -> dict[str
     if not ids:
         return {}
     found: dict[str, dict] = {}
-    matches = FileSystems.match([FileSystems.join(directory, "part-*.parquet")])[0].metadata_list
-    for metadata in sorted(matches, key=lambda m: m.path):
-        with FileSystems.open(metadata.path) as handle:
+    for path in part_files(directory):
+        with FileSystems.open(path) as handle:
             table = pq.read_table(handle, columns=["id", *columns], filters=[("id", "in", sorted(ids))])
         for row in table.to_pylist():
             found[row["id"]] = row

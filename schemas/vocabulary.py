@@ -58,6 +58,10 @@ class Reason(str, Enum):
     TOO_LARGE = "too_large"
     MISSING_FILE = "missing_file"
     READ_ERROR = "read_error"
+    # fetch failures, tar shards (--tar-dir)
+    MD5_MISMATCH = "md5_mismatch"
+    MD5_MISSING = "md5_missing"
+    UNSAFE_PATH = "unsafe_path"
     # decode failures
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED = "truncated"
@@ -92,6 +96,9 @@ FAILURE_REASONS: dict[Stage, frozenset[Reason]] = {
             Reason.TOO_LARGE,
             Reason.MISSING_FILE,
             Reason.READ_ERROR,
+            Reason.MD5_MISMATCH,
+            Reason.MD5_MISSING,
+            Reason.UNSAFE_PATH,
         }
     ),
     Stage.DECODE: frozenset(

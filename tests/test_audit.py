@@ -37,13 +37,14 @@ def _jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
 
 
 def _decoded(image_id: str, landmark_id: int, jpeg: bytes, line: int) -> DecodedImage:
-    pixels = np.ascontiguousarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+    height, width = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[:2]
     return DecodedImage(
         row=ManifestRow(line=line, id=image_id, url="", landmark_id=landmark_id),
-        pixels=pixels,
         jpeg=jpeg,
-        original_width=pixels.shape[1],
-        original_height=pixels.shape[0],
+        width=width,
+        height=height,
+        original_width=width,
+        original_height=height,
         original_bytes=len(jpeg),
         sha256=hashlib.sha256(jpeg).hexdigest(),
     )
