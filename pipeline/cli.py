@@ -48,6 +48,9 @@ def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--user-agent", help="User-Agent header sent with every request")
     fetch.add_argument("--timeout", type=float, help="total seconds for one image, retries included (default 60)")
     fetch.add_argument("--retries", type=int, help="retries on connection errors, 429 and 5xx (default 2)")
+    fetch.add_argument(
+        "--store-part-rows", type=int, help="images per store part; smaller parts lose less when a run is killed"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -109,6 +112,7 @@ _OVERRIDES = {
     "retries": ("fetch", "retries"),
     "max_side": ("decode", "max_side"),
     "jpeg_quality": ("decode", "jpeg_quality"),
+    "store_part_rows": ("store", "part_rows"),
     "extractor": ("features", "extractor"),
     "max_features": ("features", "max_features"),
     "pairs": ("pairs", "mode"),

@@ -10,6 +10,7 @@ from transforms.audit import AuditConfig
 from transforms.decode import DecodeConfig
 from transforms.features import FeatureConfig
 from transforms.fetch import FetchConfig
+from transforms.image_store import StoreConfig
 from transforms.pairs import PairConfig
 from transforms.select import SelectConfig
 from transforms.verify import VerifyConfig
@@ -37,6 +38,7 @@ class CurateConfig:
     preset: str = "gldv2-components"
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -57,6 +59,7 @@ class CurateConfig:
 STAGE_CONFIGS = {
     "fetch": FetchConfig,
     "decode": DecodeConfig,
+    "store": StoreConfig,
     "features": FeatureConfig,
     "pairs": PairConfig,
     "verify": VerifyConfig,

@@ -39,7 +39,7 @@ def build_ingest(
     """Wire ingest for `rows`; returns (DecodedImage, Failure) PCollections and writes the
     duplicates table (and `tar_shards.json` when reading tars) as side outputs."""
     out = ingest_paths(config.output)
-    ingested = rows | "Ingest" >> Ingest(IngestConfig(config.output, config.fetch, config.decode))
+    ingested = rows | "Ingest" >> Ingest(IngestConfig(config.output, config.fetch, config.decode, config.store))
     prefix = prefix_length(estimated_rows(config.train_csv), rows_per_part=50_000)
     ingested["duplicates"] | "WriteDuplicates" >> WriteSortedParquet(
         out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]), prefix)

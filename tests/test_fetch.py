@@ -7,7 +7,9 @@ resolvers, and the "public" case only through `check_url`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
+import itertools
 import random
 import socket
 import threading
@@ -29,10 +31,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
+from transforms.decode import DecodeConfig, decode_image
 from transforms.fetch import (
     USER_AGENT,
     FetchConfig,
     FetchImages,
+    HostGate,
     check_url,
     fetch_http,
     image_path,
@@ -63,6 +67,8 @@ class Server:
     log: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -189,6 +195,17 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(2.0)
         elif route == "/drop":  # close without any response
             self.close_connection = True
+        elif route == "/html":  # a 200 that is not an image: fetched, then refused by decode
+            self._send(200, b"<html><body>Not found</body></html>", {"Content-Type": "text/html"})
+        elif route == "/slow":  # records how many requests overlap
+            state = self.server_state
+            with state.lock:
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            time.sleep(0.1)
+            with state.lock:
+                state.in_flight -= 1
+            self._send(200, IMAGE)
         else:
             self._send(404, b"unknown route")
 
@@ -648,3 +665,63 @@ def test_fetch_images_over_http(server: Server, monkeypatch: pytest.MonkeyPatch)
     expected_ok = [(2, "good", f"{len(IMAGE)} bytes"), (4, "moved", f"{len(IMAGE)} bytes")]
     _run(rows, FAST, expected_ok, [(3, "gone", "http_404"), (5, "scheme", "bad_url")])
     assert server.requests_to("/img?t=pipeline") == 1
+
+
+def test_wrong_content_type_is_fetched_then_fails_to_decode(server: Server) -> None:
+    fetched = _fetch(server.url("/html"))
+    assert isinstance(fetched, FetchedImage)
+    failure = decode_image(fetched, DecodeConfig())
+    assert isinstance(failure, Failure) and failure.reason is Reason.NOT_AN_IMAGE
+
+
+def test_user_agent_is_configurable(server: Server) -> None:
+    _fetch(server.url("/img?t=agent"), dataclasses.replace(FAST, user_agent="my-crawler/2 (me@example.org)"))
+    with server.lock:
+        agents = [headers.get("User-Agent") for path, headers in server.log if path == "/img?t=agent"]
+    assert agents == ["my-crawler/2 (me@example.org)"]
+
+
+def test_per_host_cap_bounds_concurrent_requests_to_one_host(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with server.lock:
+        server.max_in_flight = 0
+    rows = [ManifestRow(n + 2, f"id{n:03d}", server.url(f"/slow?n={n}"), 1) for n in range(12)]
+    config = dataclasses.replace(FAST, threads=8, max_per_host=2, total_timeout_s=10.0)
+    expected = [(row.line, row.id, f"{len(IMAGE)} bytes") for row in rows]
+    _run(rows, config, expected, [])
+    assert server.max_in_flight == 2  # the pool had 8 threads: without the cap up to 8 would overlap
+
+
+def test_fetches_overlap_up_to_the_thread_count(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with server.lock:
+        server.max_in_flight = 0
+    rows = [ManifestRow(n + 2, f"id{n:03d}", server.url(f"/slow?m={n}"), 1) for n in range(12)]
+    config = dataclasses.replace(FAST, threads=4, max_per_host=16, total_timeout_s=10.0)
+    _run(rows, config, [(row.line, row.id, f"{len(IMAGE)} bytes") for row in rows], [])
+    assert server.max_in_flight == 4
+
+
+def test_host_gate_spaces_request_starts() -> None:
+    gate = HostGate(max_concurrent=4, rps=20.0)
+    starts: list[float] = []
+    for _ in range(5):
+        with gate.enter("h"):
+            starts.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.045
+    with gate.enter("other"):  # another host is not held back by the first one's schedule
+        assert time.monotonic() - starts[-1] < 0.045
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"max_per_host": 0}, {"per_host_rps": -1}, {"user_agent": " "}])
+def test_politeness_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        FetchConfig(**kwargs)
+
+
+def test_only_one_source_may_be_set() -> None:
+    with pytest.raises(ValueError, match="one source"):
+        FetchConfig(images_dir="/a", tar_dir="/b")

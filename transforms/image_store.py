@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -28,6 +30,19 @@ from apache_beam.io.filesystems import FileSystems
 IMAGES_DIR = "images"
 FAILURES_DIR = "ingest_failures"
 FINGERPRINT = "ingest.json"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """A worker commits a part every `part_rows` records or `part_seconds` after the first
+    buffered one, whichever comes first: what a killed run can lose is bounded by both."""
+
+    part_rows: int = 256
+    part_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.part_rows < 1 or self.part_seconds <= 0:
+            raise ValueError("part_rows must be >= 1 and part_seconds > 0")
 
 
 def part_files(directory: str) -> list[str]:
@@ -89,21 +104,25 @@ def write_part(directory: str, rows: list[dict], schema: pa.Schema) -> str:
 
 
 class _WritePartsFn(beam.DoFn):
-    """Buffers rows and writes a part every `rows_per_part` rows and at the end of a bundle."""
+    """Buffers rows and writes a part when `StoreConfig` says so and at the end of a bundle."""
 
-    def __init__(self, directory: str, schema: pa.Schema, to_row: Callable[[Any], dict], rows_per_part: int) -> None:
+    def __init__(self, directory: str, schema: pa.Schema, to_row: Callable[[Any], dict], config: StoreConfig) -> None:
         self._directory = directory
         self._schema = schema
         self._to_row = to_row
-        self._rows_per_part = rows_per_part
+        self._config = config
         self._buffer: list[dict] = []
+        self._since = 0.0
 
     def start_bundle(self) -> None:
         self._buffer = []
 
     def process(self, record: Any) -> Iterator[str]:
+        if not self._buffer:
+            self._since = time.monotonic()
         self._buffer.append(self._to_row(record))
-        if len(self._buffer) >= self._rows_per_part:
+        full = len(self._buffer) >= self._config.part_rows
+        if full or time.monotonic() - self._since >= self._config.part_seconds:
             yield write_part(self._directory, self._buffer, self._schema)
             self._buffer = []
 
@@ -117,11 +136,9 @@ class _WritePartsFn(beam.DoFn):
 class WriteStoreParts(beam.PTransform):
     """Records -> paths of the parts written under `directory` as the records arrive."""
 
-    def __init__(
-        self, directory: str, schema: pa.Schema, to_row: Callable[[Any], dict], rows_per_part: int = 256
-    ) -> None:
+    def __init__(self, directory: str, schema: pa.Schema, to_row: Callable[[Any], dict], config: StoreConfig) -> None:
         super().__init__()
-        self._fn = _WritePartsFn(directory, schema, to_row, rows_per_part)
+        self._fn = _WritePartsFn(directory, schema, to_row, config)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return records | "WriteParts" >> beam.ParDo(self._fn)

@@ -29,6 +29,7 @@ from transforms.decode import DecodeConfig, DecodeImages
 from transforms.fetch import FetchConfig, FetchImages
 from transforms.image_store import (
     IMAGES_DIR,
+    StoreConfig,
     WriteStoreParts,
     attempt_dirs,
     check_fingerprint,
@@ -49,6 +50,7 @@ class IngestConfig:
     store: str
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    parts: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -60,7 +62,7 @@ class IngestConfig:
 
 
 def resume(
-    image_id: str, grouped: dict[str, Iterable], retry_failed: bool
+    image_id: str, grouped: dict[str, Iterable], retry_failed: bool = False
 ) -> Iterator[ManifestRow | DecodedImage | Failure]:
     """The outcome of one id given what earlier runs left: a stored image (when its URL is
     still the row's), else the latest logged failure (unless `retry_failed`), else the row
@@ -170,9 +172,11 @@ class Ingest(beam.PTransform):
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
         decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
-        decoded | "StoreImages" >> WriteStoreParts(images_dir, IMAGES_SCHEMA, image_to_row)
+        decoded | "StoreImages" >> WriteStoreParts(images_dir, IMAGES_SCHEMA, image_to_row, config.parts)
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
-        new_failures | "LogFailures" >> WriteStoreParts(log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row)
+        new_failures | "LogFailures" >> WriteStoreParts(
+            log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, config.parts
+        )
         images = (decoded, reused) | "AllImages" >> beam.Flatten()
         duplicates = (
             images
