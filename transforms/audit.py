@@ -31,6 +31,7 @@ from transforms.audit_signatures import (
     bits_for,
     descriptor_mean,
     global_signature,
+    grey_of_jpeg,
     hamming,
     hash_bands,
     hyperplanes,
@@ -233,8 +234,12 @@ def _component_of(decision: ImageDecision) -> Iterator[tuple[int, tuple[int, int
         yield decision.landmark_id, (decision.component_id, decision.component_size)
 
 
-def _hashes(image: DecodedImage) -> tuple[int, str, str, int]:
-    return perceptual_hash(image.pixels), image.sha256, image.row.id, image.row.landmark_id
+def _hashes(image: DecodedImage) -> Iterator[tuple[int, str, str, int]]:
+    # Decode here rather than through `image.pixels`: that caches onto a record that other
+    # branches (features, the image store) read and pickle at the same time.
+    grey = grey_of_jpeg(image.jpeg)
+    if grey is not None:
+        yield perceptual_hash(grey), image.sha256, image.row.id, image.row.landmark_id
 
 
 def _phash_buckets(hashed: tuple[int, str, str, int], bands: int) -> Iterator[tuple[tuple[int, int], tuple]]:
@@ -282,7 +287,7 @@ class AuditLabels(beam.PTransform):
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         cfg = self._config
-        hashed = inputs["decoded"] | "Hash" >> beam.Map(_hashes)
+        hashed = inputs["decoded"] | "Hash" >> beam.FlatMap(_hashes)
         exact = (
             hashed
             | "BySha" >> beam.Map(lambda h: (h[1], (h[2], h[3])))

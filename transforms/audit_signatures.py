@@ -20,13 +20,19 @@ MAX_SIMHASH_BITS = 24
 
 
 def perceptual_hash(pixels: np.ndarray) -> int:
-    """64-bit pHash of an RGB uint8 image [H, W, 3]: the signs of the 8x8 lowest DCT frequencies
-    of a 32x32 grey thumbnail, against their median (the DC term is left out of the median)."""
-    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    """64-bit pHash of a uint8 image, grey [H, W] or RGB [H, W, 3]: the signs of the 8x8 lowest
+    DCT frequencies of a 32x32 grey thumbnail, against their median (the DC term is left out of
+    the median)."""
+    grey = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     low = cv2.dct(small)[:8, :8].ravel()
     bits = low > np.median(low[1:])
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def grey_of_jpeg(jpeg: bytes) -> np.ndarray | None:
+    """uint8 [H, W] grey pixels of JPEG bytes; None when they do not decode."""
+    return cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
 
 
 def hamming(a: int, b: int) -> int:
