@@ -54,10 +54,11 @@ def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
-def _ingest_parser() -> argparse.ArgumentParser:
+def _ingest_parser(prog: str = "gld ingest", description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gld ingest",
-        description="Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
+        prog=prog,
+        description=description
+        or "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
         "--output reuses them. Unknown flags go to Beam.",
     )
     _add_ingest_flags(parser)
@@ -65,12 +66,11 @@ def _ingest_parser() -> argparse.ArgumentParser:
 
 
 def _curate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gld curate",
-        description="Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
+    parser = _ingest_parser(
+        "gld curate",
+        "Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
     )
-    _add_ingest_flags(parser)
     parser.add_argument("--preset", default="gldv2-components", choices=sorted(PRESETS))
     parser.add_argument(
         "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"

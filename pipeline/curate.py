@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
 from pipeline.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
-from pipeline.runner import busy_seconds, estimated_rows, run_pipeline, versions, write_json
+from pipeline.runner import busy_seconds, estimated_rows, paths_under, run_pipeline, versions, write_json
 from schemas.gldv2_csv import TRAIN_COLUMNS
 from schemas.records import ImageDecision
 from schemas.tables import (
@@ -46,7 +46,7 @@ OUTPUT_NAMES = {
 
 
 def output_paths(root: str) -> dict[str, str]:
-    return {key: FileSystems.join(root, name) for key, name in OUTPUT_NAMES.items()}
+    return paths_under(root, OUTPUT_NAMES)
 
 
 def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:

@@ -24,6 +24,11 @@ PLAN_ROWS_GUESS = 4_132_914
 Counters = dict[str, dict[str, int]]
 
 
+def paths_under(root: str, names: dict[str, str]) -> dict[str, str]:
+    """{key: root/name} for the files a job writes under its output folder."""
+    return {key: FileSystems.join(root, name) for key, name in names.items()}
+
+
 def estimated_rows(path: str, plan_only: bool = False) -> int:
     """Rows guessed from the manifest's size (output sharding only); a plan assumes GLDv2's."""
     if plan_only:
