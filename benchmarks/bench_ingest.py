@@ -3,8 +3,9 @@
 Generates N photo-sized JPEGs, serves them from a loopback server that adds a per-request
 latency (a remote host's), and downloads them with both tools under matched settings: longest
 side 1024 (never upscaled), JPEG quality 90, sha256 of the fetched bytes, Parquet output, 2
-worker processes/threads of CPU and 16 download threads each. Runs alternate, each tool runs
-`--repeats` times, and the medians are compared.
+worker processes/threads of CPU and 16 download threads each. After one untimed warm-up run of
+each on 16 images, runs alternate, each tool runs `--repeats` times, and the medians are
+compared.
 
 Install the peer first (img2dataset pins opencv < 5, the project uses opencv 5; the calls it
 makes are the same in both, so it is installed without its pins):
@@ -132,6 +133,10 @@ def main() -> None:
         with serve_folder(str(root / "data"), delay_s=args.latency_ms / 1000) as base:
             manifest = root / "train.csv"
             write_manifest(manifest, ids, base)
+            warmup = root / "warmup.csv"  # first runs pay for imports and process start-up
+            write_manifest(warmup, ids[:16], base)
+            run_ours(warmup, root / "ours-warmup")
+            run_img2dataset(warmup, root / "peer-warmup", 16)
             for repeat in range(args.repeats):
                 ours.append(run_ours(manifest, root / f"ours-{repeat}"))
                 peer.append(run_img2dataset(manifest, root / f"peer-{repeat}", len(ids)))

@@ -28,7 +28,7 @@ def _configure_logging() -> None:
 
 _configure_logging()
 
-from pipeline.config import PRESETS, build_config  # noqa: E402 - logging must be set before Beam is imported
+from pipeline.config import PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
 def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +54,11 @@ def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
-def _ingest_parser() -> argparse.ArgumentParser:
+def _ingest_parser(prog: str = "gld ingest", description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gld ingest",
-        description="Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
+        prog=prog,
+        description=description
+        or "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
         "--output reuses them. Unknown flags go to Beam.",
     )
     _add_ingest_flags(parser)
@@ -65,13 +66,15 @@ def _ingest_parser() -> argparse.ArgumentParser:
 
 
 def _curate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gld curate",
-        description="Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
+    parser = _ingest_parser(
+        "gld curate",
+        "Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
     )
-    _add_ingest_flags(parser)
     parser.add_argument("--preset", default="gldv2-components", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"
+    )
     features = parser.add_argument_group("features")
     features.add_argument("--extractor", choices=["sift"], help="local feature extractor (default sift)")
     features.add_argument("--max-features", type=int, help="strongest keypoints kept per image (default 4000)")
@@ -139,6 +142,26 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def _dry_run(config: CurateConfig, beam_args: list[str]) -> int:
+    from pipeline.plan import plan_curation
+
+    plan = plan_curation(config, beam_args)
+    if plan["job_wide_accelerator"]:
+        print(
+            f"gld curate: {plan['job_wide_accelerator']} would put a GPU on every worker; "
+            "use --gpu-accelerator, which puts it on the feature step only",
+            file=sys.stderr,
+        )
+    if plan["local_paths"]:
+        print(
+            f"gld curate: {', '.join(plan['local_paths'])} are local paths, which {plan['runner']} workers "
+            "cannot reach: use gs:// paths",
+            file=sys.stderr,
+        )
+    print(json.dumps(plan))
+    return 1 if plan["job_wide_accelerator"] or plan["local_paths"] else 0
+
+
 def curate_main(argv: list[str]) -> int:
     from pipeline.curate import run_curation
 
@@ -148,6 +171,8 @@ def curate_main(argv: list[str]) -> int:
         overrides.setdefault("audit", {})["enabled"] = False
     try:
         config = build_config(args.train_csv, args.output, args.preset, overrides, progress=not args.no_progress)
+        if args.dry_run:
+            return _dry_run(config, beam_args)
         run = run_curation(config, beam_args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"gld curate: error: {exc}", file=sys.stderr)
@@ -244,6 +269,30 @@ def audit_main(argv: list[str]) -> int:
         return 2
     print(json.dumps({"report": path}))
     return 0
+
+
+def curate_flags() -> frozenset[str]:
+    """The long options of `gld curate` (e.g. `--train-csv`)."""
+    parser = _curate_parser()
+    return frozenset(s for action in parser._actions for s in action.option_strings if s.startswith("--"))
+
+
+def from_template_args(argv: list[str]) -> list[str]:
+    """Dataflow flex templates pass parameters as `--name=value` with underscores; turn those
+    naming a `gld curate` flag into its hyphenated spelling, leave Beam's options as they are,
+    and drop boolean flags passed as `=false`."""
+    flags = curate_flags()
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        hyphenated = name.replace("_", "-")
+        if not name.startswith("--") or hyphenated not in flags:
+            out.append(arg)
+        elif value.lower() in ("true", "false") and sep:
+            out += [hyphenated] if value.lower() == "true" else []
+        else:
+            out.append(f"{hyphenated}{sep}{value}")
+    return out
 
 
 COMMANDS = {

@@ -45,6 +45,8 @@ class CurateConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     progress: bool = True
+    #: Build the graph only, touching no input or output (`gld curate --dry-run`).
+    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.train_csv or not self.output:

@@ -17,7 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.config import CurateConfig
 from pipeline.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
 from pipeline.report import build_report
-from pipeline.runner import busy_seconds, estimated_rows, run_pipeline, versions, write_json
+from pipeline.runner import busy_seconds, estimated_rows, paths_under, run_pipeline, versions, write_json
+from schemas.gldv2_csv import TRAIN_COLUMNS
 from schemas.records import ImageDecision
 from schemas.tables import (
     AUDIT_SCHEMA,
@@ -54,13 +55,14 @@ OUTPUT_NAMES = {
 
 
 def output_paths(root: str) -> dict[str, str]:
-    return {key: FileSystems.join(root, name) for key, name in OUTPUT_NAMES.items()}
+    return paths_under(root, OUTPUT_NAMES)
 
 
 def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
     """Wire the whole curation DAG into `pipeline`; returns the named PCollections."""
     out = output_paths(config.output)
-    rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv))
+    columns = TRAIN_COLUMNS if config.plan_only else None
+    rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, columns))
     decoded, ingest_failures = build_ingest(pipeline, rows, config)
     features, feature_failures = decoded | "ExtractFeatures" >> ExtractFeatures(config.features)
     pairs_by_block, needs = features | "GeneratePairs" >> GeneratePairs(config.pairs)
@@ -75,7 +77,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         selected,
     ) | "AllDecisions" >> beam.Flatten()
 
-    rows_guess = estimated_rows(config.train_csv)
+    rows_guess = estimated_rows(config.train_csv, config.plan_only)
     table_prefix = prefix_length(rows_guess, rows_per_part=50_000)
     store_prefix = prefix_length(rows_guess, rows_per_part=1_000)
     decisions | "WriteDecisions" >> WriteSortedParquet(

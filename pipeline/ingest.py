@@ -3,6 +3,7 @@ exact-duplicate table, per-shard reports and an img2dataset-like stats summary."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import apache_beam as beam
@@ -10,7 +11,15 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
-from pipeline.runner import Counters, busy_seconds, estimated_rows, run_pipeline, versions, write_json
+from pipeline.runner import (
+    Counters,
+    busy_seconds,
+    estimated_rows,
+    paths_under,
+    run_pipeline,
+    versions,
+    write_json,
+)
 from schemas.tables import DUPLICATES_SCHEMA
 from transforms.ingest import Ingest, IngestConfig
 from transforms.manifest import ManifestConfig, ReadManifest
@@ -26,11 +35,11 @@ INGEST_OUTPUTS = {
 
 
 def ingest_paths(root: str) -> dict[str, str]:
-    return {key: FileSystems.join(root, name) for key, name in INGEST_OUTPUTS.items()}
+    return paths_under(root, INGEST_OUTPUTS)
 
 
 def _write_shard_reports(reports: list, path: str) -> None:
-    write_json(path, [report.__dict__ for report in sorted(reports, key=lambda r: r.shard)])
+    write_json(path, [dataclasses.asdict(report) for report in sorted(reports, key=lambda r: r.shard)])
 
 
 def build_ingest(
@@ -39,12 +48,14 @@ def build_ingest(
     """Wire ingest for `rows`; returns (DecodedImage, Failure) PCollections and writes the
     duplicates table (and `tar_shards.json` when reading tars) as side outputs."""
     out = ingest_paths(config.output)
-    ingested = rows | "Ingest" >> Ingest(IngestConfig(config.output, config.fetch, config.decode, config.store))
-    prefix = prefix_length(estimated_rows(config.train_csv), rows_per_part=50_000)
+    ingested = rows | "Ingest" >> Ingest(
+        IngestConfig(config.output, config.fetch, config.decode, config.store, plan_only=config.plan_only)
+    )
+    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
     ingested["duplicates"] | "WriteDuplicates" >> WriteSortedParquet(
         out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]), prefix)
     )
-    if config.fetch.tar_dir:
+    if "shard_reports" in ingested:
         (
             ingested["shard_reports"]
             | "CollectReports" >> beam.combiners.ToList()

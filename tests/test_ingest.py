@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -215,3 +217,35 @@ def test_a_killed_run_resumes_without_downloading_again_and_matches_an_uninterru
     for name in ("train_clean.csv", "decisions.parquet", "pairs.parquet", "duplicates.parquet"):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     assert sorted(set(_stored_ids(killed))) == sorted(set(_stored_ids(whole)))
+
+
+def test_ingest_from_tar_shards_accounts_for_every_row(dataset) -> None:
+    root, data = dataset
+    train_csv = Path(data) / "train.csv"
+    if not train_csv.exists():
+        generate_demo(data, "http://127.0.0.1:9", DemoConfig(images=30, seed=5, broken_rows=3))
+    ids = [line.split(",")[0] for line in train_csv.read_text().splitlines()[1:]]
+    tars = root / "tars"
+    tars.mkdir()
+    halves = {"images_000.tar": ids[: len(ids) // 2], "images_001.tar": ids[len(ids) // 2 :]}
+    for name, members in halves.items():
+        with tarfile.open(tars / name, "w") as archive:
+            for image_id in members:
+                path = Path(data) / "images" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+                if path.exists():  # the generator leaves no file for its http_404 rows
+                    archive.add(path, arcname=f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg")
+        digest = hashlib.md5((tars / name).read_bytes()).hexdigest()
+        (tars / f"md5.{name[:-4]}.txt").write_text(f"{digest if name.endswith('0.tar') else '0' * 32}  {name}\n")
+    out = root / "from-tars"
+    assert main(["ingest", "--train-csv", str(train_csv), "--output", str(out), "--tar-dir", str(tars), *BEAM]) == 0
+    stats = _stats(out)
+    assert stats["accounting_ok"] and stats["rows"] == len(ids)
+    assert stats["failed"]["fetch/md5_mismatch"] == sum(
+        1 for i in halves["images_001.tar"] if (Path(data) / "images" / i[0] / i[1] / i[2] / f"{i}.jpg").exists()
+    )
+    assert stats["stored"] > 0 and "fetch/missing_file" in stats["failed"]
+    shards = json.loads((out / "tar_shards.json").read_text())
+    assert [(Path(s["shard"]).name, s["md5"]) for s in shards] == [
+        ("images_000.tar", "ok"),
+        ("images_001.tar", "mismatch"),
+    ]

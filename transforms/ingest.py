@@ -28,6 +28,7 @@ from schemas.tables import (
 from transforms.decode import DecodeConfig, DecodeImages
 from transforms.fetch import FetchConfig, FetchImages
 from transforms.image_store import (
+    FAILURES_DIR,
     IMAGES_DIR,
     StoreConfig,
     WriteStoreParts,
@@ -45,12 +46,14 @@ STAGE = "ingest"
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """`store`: the run's `--output` (images and the failure log live under it)."""
+    """`store`: the run's `--output` (images and the failure log live under it).
+    `plan_only`: build the graph without touching the store or listing shards (dry runs)."""
 
     store: str
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     parts: StoreConfig = field(default_factory=StoreConfig)
+    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -144,8 +147,11 @@ def duplicate_groups(sha256: str, members: Iterable[tuple[str, int]]) -> Iterato
 
 class Ingest(beam.PTransform):
     """ManifestRow PCollection -> dict of PCollections: `images` (DecodedImage), `failures`
-    (fetch/decode Failures, new and logged), `duplicates` (exact-duplicate rows) and
-    `shard_reports` (ShardReport, empty unless reading tars)."""
+    (fetch/decode Failures, new and logged), `duplicates` (exact-duplicate rows) and, when
+    reading tars, `shard_reports` (ShardReport).
+
+    A fresh run has no resume join and no flattening with empty inputs: the graph only has
+    the branches that carry data."""
 
     def __init__(self, config: IngestConfig) -> None:
         super().__init__()
@@ -153,21 +159,23 @@ class Ingest(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
         config = self._config
-        check_fingerprint(config.store, config.fingerprint())
         images_dir = FileSystems.join(config.store, IMAGES_DIR)
-        stored, logged = part_files(images_dir), attempt_dirs(config.store)
-        log_dir = next_attempt_dir(config.store)
-        pipeline = rows.pipeline
-        reused = logged_failures = pipeline | "NothingStored" >> beam.Create([])
-        to_fetch = rows
-        if stored or logged:
+        if config.plan_only:
+            stored, logged = [], []
+            log_dir = FileSystems.join(config.store, FAILURES_DIR, "attempt-NNNN")
+        else:
+            check_fingerprint(config.store, config.fingerprint())
+            stored, logged = part_files(images_dir), attempt_dirs(config.store)
+            log_dir = next_attempt_dir(config.store)
+        to_fetch, outputs = rows, {}
+        resuming = bool(stored or logged)
+        if resuming:
             logged_parts = [(number, path) for number, folder in logged for path in part_files(folder)]
-            resumed = _Resume(stored, logged_parts, config.fetch.retry_failed)
-            to_fetch, reused, logged_failures = rows | "Resume" >> resumed
-        shard_reports = pipeline | "NoShards" >> beam.Create([])
+            resume_join = _Resume(stored, logged_parts, config.fetch.retry_failed)
+            to_fetch, reused, logged_failures = rows | "Resume" >> resume_join
         if config.fetch.tar_dir:
-            fetched, fetch_failures, shard_reports = to_fetch | "FetchFromTars" >> FetchFromTars(
-                config.fetch.tar_dir, config.fetch.max_bytes
+            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "FetchFromTars" >> FetchFromTars(
+                config.fetch.tar_dir, config.fetch.max_bytes, list_now=not config.plan_only
             )
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
@@ -177,12 +185,14 @@ class Ingest(beam.PTransform):
         new_failures | "LogFailures" >> WriteStoreParts(
             log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, config.parts
         )
-        images = (decoded, reused) | "AllImages" >> beam.Flatten()
-        duplicates = (
+        images, failures = decoded, new_failures
+        if resuming:
+            images = (decoded, reused) | "AllImages" >> beam.Flatten()
+            failures = (new_failures, logged_failures) | "IngestFailures" >> beam.Flatten()
+        outputs["duplicates"] = (
             images
             | "ByContent" >> beam.Map(lambda i: (i.sha256, (i.row.id, i.row.landmark_id)))
             | "GroupContent" >> beam.GroupByKey()
             | "Duplicates" >> beam.FlatMapTuple(duplicate_groups)
         )
-        failures = (new_failures, logged_failures) | "IngestFailures" >> beam.Flatten()
-        return {"images": images, "failures": failures, "duplicates": duplicates, "shard_reports": shard_reports}
+        return {"images": images, "failures": failures, **outputs}

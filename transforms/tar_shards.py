@@ -184,6 +184,13 @@ def match_row(image_id: str, grouped: dict[str, Iterable]) -> Iterator[FetchedIm
             yield Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, detail, row.url)
 
 
+def _shards_or_fail(tar_dir: str) -> list[str]:
+    shards = list_shards(tar_dir)
+    if not shards:
+        raise ValueError(f"no images_*.tar shards under {tar_dir}")
+    return shards
+
+
 def _split(item: TarItem | ShardReport) -> Iterator[object]:
     if isinstance(item, ShardReport):
         yield beam.pvalue.TaggedOutput("reports", item)
@@ -195,21 +202,24 @@ class FetchFromTars(beam.PTransform):
     """ManifestRow PCollection -> (FetchedImage PCollection, Failure PCollection, ShardReport PCollection).
 
     Shards are listed when the pipeline is built (a missing or empty `tar_dir` is an error
-    then, not millions of failures later); each shard is read by one worker, streaming.
+    then, not millions of failures later; `list_now=False` lists them when the job runs, for
+    plans built offline); each shard is read by one worker, streaming.
     """
 
-    def __init__(self, tar_dir: str, max_bytes: int) -> None:
+    def __init__(self, tar_dir: str, max_bytes: int, list_now: bool = True) -> None:
         super().__init__()
         self._tar_dir = tar_dir
         self._max_bytes = max_bytes
+        self._list_now = list_now
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
-        shards = list_shards(self._tar_dir)
-        if not shards:
-            raise ValueError(f"no images_*.tar shards under {self._tar_dir}")
+        if self._list_now:
+            shards = rows.pipeline | "Shards" >> beam.Create(_shards_or_fail(self._tar_dir))
+        else:
+            folder = rows.pipeline | "TarDir" >> beam.Create([self._tar_dir])
+            shards = folder | "Shards" >> beam.FlatMap(_shards_or_fail)
         items = (
-            rows.pipeline
-            | "Shards" >> beam.Create(shards)
+            shards
             | "SpreadShards" >> beam.Reshuffle()
             | "ReadShard" >> beam.FlatMap(read_shard, max_bytes=self._max_bytes)
             | "Split" >> beam.ParDo(_split).with_outputs("reports", main="items")
