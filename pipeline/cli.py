@@ -55,10 +55,11 @@ def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
-def _ingest_parser() -> argparse.ArgumentParser:
+def _ingest_parser(prog: str = "gld ingest", description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gld ingest",
-        description="Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
+        prog=prog,
+        description=description
+        or "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
         "--output reuses them. Unknown flags go to Beam.",
     )
     _add_ingest_flags(parser)
@@ -66,12 +67,11 @@ def _ingest_parser() -> argparse.ArgumentParser:
 
 
 def _curate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gld curate",
-        description="Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
+    parser = _ingest_parser(
+        "gld curate",
+        "Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
     )
-    _add_ingest_flags(parser)
     parser.add_argument("--preset", default="gldv2-components", choices=sorted(PRESETS))
     parser.add_argument(
         "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"
@@ -89,6 +89,15 @@ def _curate_parser() -> argparse.ArgumentParser:
     select = parser.add_argument_group("selection")
     select.add_argument("--min-inliers", type=int, help="inliers that make a verified edge (default 30)")
     select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
+    select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
+    select.add_argument(
+        "--keep-largest-component", action="store_true", help="components policy: keep only a class's largest"
+    )
+    select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
+    select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
+    parser.add_argument(
+        "--no-audit", action="store_true", help="skip the label-noise audit (audit.parquet stays empty)"
+    )
     return parser
 
 
@@ -118,6 +127,10 @@ _OVERRIDES = {
     "ransac_threshold": ("verify", "ransac_threshold"),
     "min_inliers": ("select", "min_inliers"),
     "min_component_size": ("select", "min_component_size"),
+    "policy": ("select", "policy"),
+    "keep_largest_component": ("select", "largest_component_only"),
+    "min_degree": ("select", "min_degree"),
+    "min_class_size": ("select", "min_class_size"),
 }
 
 
@@ -154,10 +167,11 @@ def curate_main(argv: list[str]) -> int:
     from pipeline.curate import run_curation
 
     args, beam_args = _curate_parser().parse_known_args(argv)
+    overrides = overrides_from(args)
+    if args.no_audit:
+        overrides.setdefault("audit", {})["enabled"] = False
     try:
-        config = build_config(
-            args.train_csv, args.output, args.preset, overrides_from(args), progress=not args.no_progress
-        )
+        config = build_config(args.train_csv, args.output, args.preset, overrides, progress=not args.no_progress)
         if args.dry_run:
             return _dry_run(config, beam_args)
         run = run_curation(config, beam_args)
@@ -204,7 +218,7 @@ def demo_main(argv: list[str]) -> int:
     print(f"rows {counts['rows']}: {counts['by_status']}")
     for key, value in counts["by_reason"].items():
         print(f"  {key:40s} {value}")
-    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions.parquet, pairs.parquet, run.json)")
+    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions, pairs, audit, report.html, run.json)")
     print(
         f"against the truth: kept {score.kept}, precision {score.precision:.3f}, recall {score.recall:.3f}, "
         f"noise kept {score.noise_kept}, broken rows failed {score.broken_failed:.0%}; "
@@ -224,6 +238,44 @@ def demo_main(argv: list[str]) -> int:
     if args.with_baselines:
         demo_baselines(args.output, args.baseline_steps, beam_args)
     return 0 if counts["accounting_ok"] else 1
+
+
+def compare_main(argv: list[str]) -> int:
+    from pipeline.compare import agreement, class_disagreements, format_table, read_split
+
+    parser = argparse.ArgumentParser(
+        prog="gld compare",
+        description="Agreement of two train_clean.csv splits: one JSON line on stdout, then the classes "
+        "that disagree most as a table on stderr.",
+    )
+    parser.add_argument("--clean", required=True, help="our train_clean.csv (precision is over it)")
+    parser.add_argument("--reference", required=True, help="reference train_clean.csv (recall is over it)")
+    parser.add_argument("--top", type=int, default=20, help="classes listed in the table")
+    args = parser.parse_args(argv)
+    try:
+        ours, ref = read_split(args.clean), read_split(args.reference)
+    except (ValueError, OSError) as exc:
+        print(f"gld compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(agreement(ours, ref), sort_keys=True))
+    sys.stdout.flush()
+    print(format_table(class_disagreements(ours, ref, args.top)), file=sys.stderr)
+    return 0
+
+
+def audit_main(argv: list[str]) -> int:
+    from pipeline.report import build_report
+
+    parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
+    parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.output)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"gld audit: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"report": path}))
+    return 0
 
 
 def curate_flags() -> frozenset[str]:
@@ -250,7 +302,13 @@ def from_template_args(argv: list[str]) -> list[str]:
     return out
 
 
-COMMANDS = {"ingest": ingest_main, "curate": curate_main, "demo": demo_main}
+COMMANDS = {
+    "ingest": ingest_main,
+    "curate": curate_main,
+    "demo": demo_main,
+    "compare": compare_main,
+    "audit": audit_main,
+}
 COMMANDS.update(BASELINE_COMMANDS)
 
 

@@ -16,17 +16,22 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
 from pipeline.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
-from pipeline.runner import busy_seconds, estimated_rows, run_pipeline, versions, write_json
+from pipeline.report import build_report
+from pipeline.runner import busy_seconds, estimated_rows, paths_under, run_pipeline, versions, write_json
 from schemas.gldv2_csv import TRAIN_COLUMNS
 from schemas.records import ImageDecision
 from schemas.tables import (
+    AUDIT_SCHEMA,
     DECISIONS_SCHEMA,
     FEATURES_SCHEMA,
     PAIRS_SCHEMA,
     decision_to_row,
     features_to_row,
+    finding_to_row,
     pair_to_row,
 )
+from transforms.audit import AuditLabels
+from transforms.c2x import ExportRejectedSameClass
 from transforms.features import ExtractFeatures
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.pairs import GeneratePairs, members_by_class
@@ -42,11 +47,15 @@ OUTPUT_NAMES = {
     "features": "features",
     "run_json": "run.json",
     **INGEST_OUTPUTS,
+    "c2x_csv": "c2x_rejected.csv",
+    "c2x_scores": "c2x_scores.parquet",
+    "audit": "audit.parquet",
+    "report": "report.html",
 }
 
 
 def output_paths(root: str) -> dict[str, str]:
-    return {key: FileSystems.join(root, name) for key, name in OUTPUT_NAMES.items()}
+    return paths_under(root, OUTPUT_NAMES)
 
 
 def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
@@ -78,6 +87,17 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         out["pairs"], ParquetSpec(PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]), table_prefix)
     )
     decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
+    decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"], table_prefix)
+    if config.audit.enabled:
+        findings = {"decoded": decoded, "features": features, "decisions": decisions} | "AuditLabels" >> AuditLabels(
+            config.audit, config.verify, config.select.min_inliers
+        )
+    else:
+        findings = pipeline | "NoAudit" >> beam.Create([])
+    findings | "WriteAudit" >> WriteSortedParquet(
+        out["audit"],
+        ParquetSpec(AUDIT_SCHEMA, finding_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"], r["landmark_a"]), 0),
+    )
     features | "StoreFeatures" >> WriteParquetParts(
         out["features"], ParquetSpec(FEATURES_SCHEMA, features_to_row, lambda r: (r["id"],), store_prefix)
     )
@@ -123,4 +143,5 @@ def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> di
         "outputs": {key: path for key, path in out.items() if key != "run_json"},
     }
     write_json(out["run_json"], run)
+    build_report(config.output)
     return run

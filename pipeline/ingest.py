@@ -11,7 +11,15 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
-from pipeline.runner import Counters, busy_seconds, estimated_rows, run_pipeline, versions, write_json
+from pipeline.runner import (
+    Counters,
+    busy_seconds,
+    estimated_rows,
+    paths_under,
+    run_pipeline,
+    versions,
+    write_json,
+)
 from schemas.tables import DUPLICATES_SCHEMA
 from transforms.ingest import Ingest, IngestConfig
 from transforms.manifest import ManifestConfig, ReadManifest
@@ -27,7 +35,7 @@ INGEST_OUTPUTS = {
 
 
 def ingest_paths(root: str) -> dict[str, str]:
-    return {key: FileSystems.join(root, name) for key, name in INGEST_OUTPUTS.items()}
+    return paths_under(root, INGEST_OUTPUTS)
 
 
 def _write_shard_reports(reports: list, path: str) -> None:

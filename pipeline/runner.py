@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.local_runner_fix import lock_buffer_creation
 from transforms import progress
 
 # Bytes per manifest row used to guess the row count from the file size (GLDv2: ~110).
@@ -22,6 +23,11 @@ _BYTES_PER_ROW_GUESS = 60
 PLAN_ROWS_GUESS = 4_132_914
 
 Counters = dict[str, dict[str, int]]
+
+
+def paths_under(root: str, names: dict[str, str]) -> dict[str, str]:
+    """{key: root/name} for the files a job writes under its output folder."""
+    return {key: FileSystems.join(root, name) for key, name in names.items()}
 
 
 def estimated_rows(path: str, plan_only: bool = False) -> int:
@@ -59,6 +65,7 @@ def run_pipeline(
 ) -> tuple[Counters, float]:
     """Build with `build(pipeline)`, run to completion; returns (counters, wall seconds)."""
     progress.set_enabled(show_progress)
+    lock_buffer_creation()
     options = PipelineOptions(local_runner_args(list(beam_args or [])), save_main_session=False)
     started = time.time()
     pipeline = beam.Pipeline(options=options)

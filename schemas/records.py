@@ -172,3 +172,22 @@ class ImageDecision:
             if failure.url and failure.stage == Stage.FETCH
             else failure.detail,
         )
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """One label-noise finding of the audit (a row of `audit.parquet`).
+
+    `kind` is `cross_class_match` (score = RANSAC inliers between images of two classes),
+    `exact_duplicate` (same bytes; score = copies), `near_duplicate` (score = perceptual-hash
+    Hamming distance) or `split_class` (ids empty, landmark_b = -1; score = number of large
+    components of class landmark_a).
+    """
+
+    kind: str
+    landmark_a: int
+    id_a: str
+    landmark_b: int
+    id_b: str
+    score: int
+    detail: str = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from schemas.arrays import decode_array, encode_array
-from schemas.records import DecodedImage, Failure, ImageDecision, LocalFeatures, ManifestRow, PairResult
+from schemas.records import AuditFinding, DecodedImage, Failure, ImageDecision, LocalFeatures, ManifestRow, PairResult
 from schemas.vocabulary import Reason, Stage
 
 DECISIONS_SCHEMA = pa.schema(
@@ -89,6 +89,30 @@ FEATURES_SCHEMA = pa.schema(
         ("scores", pa.binary()),
     ]
 )
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("landmark_a", pa.int64()),
+        ("id_a", pa.string()),
+        ("landmark_b", pa.int64()),
+        ("id_b", pa.string()),
+        ("score", pa.int64()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+def finding_to_row(finding: AuditFinding) -> dict:
+    return {
+        "kind": finding.kind,
+        "landmark_a": finding.landmark_a,
+        "id_a": finding.id_a,
+        "landmark_b": finding.landmark_b,
+        "id_b": finding.id_b,
+        "score": finding.score,
+        "detail": finding.detail,
+    }
 
 
 def decision_to_row(decision: ImageDecision) -> dict:

@@ -33,9 +33,13 @@ class Reason(str, Enum):
 
     # kept
     VERIFIED_COMPONENT = "verified_component"
+    VERIFIED_DEGREE = "verified_degree"
     # removed by the selection rule
     NO_VERIFIED_PAIR = "no_verified_pair"
     SMALL_COMPONENT = "small_component"
+    NOT_LARGEST_COMPONENT = "not_largest_component"
+    LOW_DEGREE = "low_degree"
+    CLASS_TOO_SMALL = "class_too_small"
     # manifest failures
     MALFORMED_ROW = "malformed_row"
     MISSING_COLUMN = "missing_column"

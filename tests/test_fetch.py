@@ -681,27 +681,24 @@ def test_user_agent_is_configurable(server: Server) -> None:
     assert agents == ["my-crawler/2 (me@example.org)"]
 
 
-def test_per_host_cap_bounds_concurrent_requests_to_one_host(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("threads", "max_per_host", "overlap"),
+    [
+        (8, 2, 2),  # the per-host cap binds: 8 threads, yet only 2 requests to the host at once
+        (4, 16, 4),  # the thread count binds: downloads do overlap
+    ],
+)
+def test_concurrent_requests_are_bounded_by_threads_and_the_per_host_cap(
+    server: Server, monkeypatch: pytest.MonkeyPatch, threads: int, max_per_host: int, overlap: int
+) -> None:
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with server.lock:
         server.max_in_flight = 0
-    rows = [ManifestRow(n + 2, f"id{n:03d}", server.url(f"/slow?n={n}"), 1) for n in range(12)]
-    config = dataclasses.replace(FAST, threads=8, max_per_host=2, total_timeout_s=10.0)
-    expected = [(row.line, row.id, f"{len(IMAGE)} bytes") for row in rows]
-    _run(rows, config, expected, [])
-    assert server.max_in_flight == 2  # the pool had 8 threads: without the cap up to 8 would overlap
-
-
-def test_fetches_overlap_up_to_the_thread_count(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    with server.lock:
-        server.max_in_flight = 0
-    rows = [ManifestRow(n + 2, f"id{n:03d}", server.url(f"/slow?m={n}"), 1) for n in range(12)]
-    config = dataclasses.replace(FAST, threads=4, max_per_host=16, total_timeout_s=10.0)
+    rows = [ManifestRow(n + 2, f"id{n:03d}", server.url(f"/slow?n={n}&t={threads}"), 1) for n in range(12)]
+    config = dataclasses.replace(FAST, threads=threads, max_per_host=max_per_host, total_timeout_s=10.0)
     _run(rows, config, [(row.line, row.id, f"{len(IMAGE)} bytes") for row in rows], [])
-    assert server.max_in_flight == 4
+    assert server.max_in_flight == overlap
 
 
 def test_host_gate_spaces_request_starts() -> None:
