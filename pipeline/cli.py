@@ -46,8 +46,17 @@ def _curate_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes")
     fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
     features = parser.add_argument_group("features")
-    features.add_argument("--extractor", choices=["sift"], help="local feature extractor (default sift)")
-    features.add_argument("--max-features", type=int, help="strongest keypoints kept per image (default 4000)")
+    features.add_argument("--extractor", choices=["sift", "delf"], help="local feature extractor (default sift)")
+    features.add_argument("--max-features", type=int, help="strongest features kept per image (default 1000)")
+    features.add_argument("--descriptor-dtype", choices=["float16", "float32", "uint8"], help="stored descriptors")
+    features.add_argument(
+        "--delf-model", help="DELF TF-Hub handle or SavedModel path (default tfhub.dev/google/delf/1)"
+    )
+    features.add_argument(
+        "--gpu-accelerator",
+        help="Beam accelerator hint for the feature step only, e.g. "
+        "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
+    )
     pairs = parser.add_argument_group("pairs and verification")
     pairs.add_argument("--pairs", choices=["all", "random"], help="candidate pairs per class (default all)")
     pairs.add_argument("--pairs-k", type=int, help="partners per image when a class is too large for all pairs")
@@ -70,6 +79,9 @@ _OVERRIDES = {
     "max_side": ("decode", "max_side"),
     "extractor": ("features", "extractor"),
     "max_features": ("features", "max_features"),
+    "descriptor_dtype": ("features", "descriptor_dtype"),
+    "delf_model": ("features", "delf_model"),
+    "gpu_accelerator": ("features", "gpu_accelerator"),
     "pairs": ("pairs", "mode"),
     "pairs_k": ("pairs", "k"),
     "max_class_for_all": ("pairs", "max_class_for_all"),
