@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import apache_beam as beam
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -14,6 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo_data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
+from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
 from transforms.features import (
     EXTRACTORS,
@@ -309,3 +313,29 @@ def test_extractor_is_loaded_once_per_process_and_batches_are_bounded(monkeypatc
         features, _ = pipeline | beam.Create(images) | ExtractFeatures(config)
         assert_that(features | beam.Map(lambda f: f.id), equal_to([image.row.id for image in images]))
     assert _LOADS[77] == 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "uint8"])
+def test_feature_records_round_trip_through_parquet_bit_for_bit(tmp_path, image: np.ndarray, dtype: str) -> None:
+    extractor = SiftExtractor(FeatureConfig(max_features=200, descriptor_dtype=dtype))
+    records = [
+        extract_features(_decoded("tex", image, line=1), extractor),
+        extract_features(_decoded("blank", np.full((HEIGHT, WIDTH, 3), 50, np.uint8), line=2), extractor),
+    ]
+    # a model that returns no scores: NaN must come back as the same NaN bits
+    records.append(dataclasses.replace(records[0], id="nan", scores=np.full(200, np.nan, np.float32)))
+    path = str(tmp_path / "features.parquet")
+    pq.write_table(pa.Table.from_pylist([features_to_row(r) for r in records], schema=FEATURES_SCHEMA), path)
+    read = [features_from_row(row) for row in pq.read_table(path).to_pylist()]
+    assert [r.count for r in read] == [200, 0, 200]
+    for original, back in zip(records, read, strict=True):
+        assert (back.id, back.landmark_id, back.line, back.width, back.height) == (
+            original.id,
+            original.landmark_id,
+            original.line,
+            original.width,
+            original.height,
+        )
+        for name in ("keypoints", "descriptors", "scales", "scores"):
+            a, b = getattr(original, name), getattr(back, name)
+            assert (a.dtype, a.shape, a.tobytes()) == (b.dtype, b.shape, b.tobytes())

@@ -18,7 +18,7 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pipeline import PipelineVisitor
+from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.cli import main
@@ -99,12 +99,16 @@ def test_locations_are_swapped_to_xy_on_a_non_square_image(delf: DelfExtractor, 
     assert x.min() > left - 25 and x.max() < left + size + 25
     assert y.min() > top - 25 and y.max() < top + size + 25
     assert x.min() > HEIGHT, "x beyond the image height: these cannot be (y, x) rows"
-    raw = tf.saved_model.load(model_path).signatures["default"](
-        image=tf.constant(pixels / 255.0, tf.float32),
-        score_threshold=tf.constant(100.0),
-        image_scales=tf.constant([0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]),
-        max_feature_num=tf.constant(1000),
-    )["locations"].numpy()
+    raw = (
+        tf.saved_model.load(model_path)
+        .signatures["default"](
+            image=tf.constant(pixels / 255.0, tf.float32),
+            score_threshold=tf.constant(100.0),
+            image_scales=tf.constant([0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]),
+            max_feature_num=tf.constant(1000),
+        )["locations"]
+        .numpy()
+    )
     np.testing.assert_allclose(keypoints, raw[:, ::-1], atol=1e-4)
 
 
@@ -180,23 +184,29 @@ def test_an_unusable_image_becomes_a_failure(delf: DelfExtractor, pixels: np.nda
     assert failure.stage == Stage.FEATURES and failure.reason == Reason.EXTRACTION_ERROR and failure.detail
 
 
-def test_a_missing_model_is_reported_at_load(tmp_path) -> None:
+def test_a_missing_model_is_reported_before_the_run(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    missing = str(tmp_path / "nothing")
     with pytest.raises(OSError):
-        DelfExtractor(FeatureConfig(extractor="delf", delf_model=str(tmp_path / "nothing")))
+        DelfExtractor(FeatureConfig(extractor="delf", delf_model=missing))
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("id,url,landmark_id\n0123456789abcdef,http://127.0.0.1/x.jpg,1\n")
+    argv = ["curate", "--train-csv", str(manifest), "--output", str(tmp_path / "out"), "--extractor", "delf"]
+    assert main([*argv, "--delf-model", missing, "--no-progress"]) == 2
+    assert f"DELF model {missing!r} does not exist" in capsys.readouterr().err
 
 
 # --- under Beam ----------------------------------------------------------------------------------
 
 
-def _steps(pipeline: beam.Pipeline) -> list:
+def _steps(pipeline: beam.Pipeline) -> list[AppliedPTransform]:
     """Every applied transform of the pipeline graph (composites and leaves)."""
-    found: list = []
+    found: list[AppliedPTransform] = []
 
     class Collect(PipelineVisitor):
-        def enter_composite_transform(self, node) -> None:  # noqa: ANN001 - Beam's node type
+        def enter_composite_transform(self, node: AppliedPTransform) -> None:
             found.append(node)
 
-        def visit_transform(self, node) -> None:  # noqa: ANN001
+        def visit_transform(self, node: AppliedPTransform) -> None:
             found.append(node)
 
     pipeline.visit(Collect())
@@ -222,7 +232,8 @@ def test_run_inference_routes_features_failures_and_counts_empty_images(model_pa
     result = pipeline.run()
     result.wait_until_finish()
     counters = {
-        c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter().with_namespace("features"))["counters"]
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("features"))["counters"]
     }
     assert counters["ok"] == 2 and counters["no_features"] == 1 and counters["extraction_error"] == 1
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import apache_beam as beam
 import cv2
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
@@ -249,6 +250,11 @@ class ExtractFeatures(beam.PTransform):
         self._config = config
 
     def expand(self, images: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        model = self._config.delf_model
+        # fail at submission, not on every worker after the images were fetched
+        is_path = not model.startswith(("http://", "https://"))
+        if self._config.extractor == "delf" and is_path and not FileSystems.exists(model):
+            raise ValueError(f"DELF model {model!r} does not exist")
         inference = RunInference(ExtractorModelHandler(self._config))
         if self._config.gpu_accelerator:
             inference = inference.with_resource_hints(accelerator=self._config.gpu_accelerator)
