@@ -16,10 +16,19 @@ class _DropOptionalGcpNotice(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+class _DropRunInferenceMemoryNotice(logging.Filter):
+    """Beam's RunInference cannot measure model memory without torch installed and says so at
+    every model load; the features still come out right."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "memory usage cannot be fetched" not in record.getMessage()
+
+
 def _configure_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_DropOptionalGcpNotice())
+    handler.addFilter(_DropRunInferenceMemoryNotice())
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(handler)

@@ -1,0 +1,128 @@
+"""Cost of running SIFT inside the Beam feature stage, against a bare OpenCV loop on the same images.
+
+Both sides start from the same JPEG bytes on one core: the bare loop decodes each with OpenCV and
+runs SIFT (`detectAndCompute`, same `nfeatures`); the pipeline runs `Create -> decode ->
+ExtractFeatures -> count` on Beam's in-process runner with one worker, so it also pays for
+Beam's start-up, RunInference batching, RootSIFT, float16 storage, records and counters. Runs
+alternate (bare, pipeline, bare, ...) so that load from other processes hits both; medians are
+reported. With `--delf-model` the DELF step's images/s is measured too (on a GPU when
+TensorFlow sees one).
+
+    python benchmarks/bench_features.py --images 120 --runs 5
+
+Last line: {"images", "pipeline_images_per_s", "bare_images_per_s", "overhead_ratio"} (+ DELF
+figures), overhead_ratio = bare / pipeline images per second (1.0 = no overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import apache_beam as beam
+import cv2
+import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.demo_data import _texture
+from schemas.records import DecodedImage, ManifestRow
+from transforms.features import ExtractFeatures, FeatureConfig
+
+
+def make_images(count: int, width: int, height: int) -> list[bytes]:
+    """`count` distinct landmark-like textures as JPEG bytes (quality 90)."""
+    images = []
+    for seed in range(count):
+        pixels = _texture(np.random.default_rng([seed, 17]), (width, height), distractor=False)
+        images.append(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return images
+
+
+def bare_loop(jpegs: list[bytes], max_features: int) -> float:
+    """Seconds for OpenCV alone: decode + grey + SIFT on every image."""
+    sift = cv2.SIFT_create(nfeatures=max_features)
+    started = time.perf_counter()
+    for data in jpegs:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        sift.detectAndCompute(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), None)
+    return time.perf_counter() - started
+
+
+def _decode(item: tuple[int, bytes]) -> DecodedImage:
+    index, data = item
+    pixels = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    height, width = pixels.shape[:2]
+    row = ManifestRow(line=index + 1, id=f"{index:016x}", url="", landmark_id=1)
+    return DecodedImage(row, pixels, data, width, height, len(data), "")
+
+
+def pipeline_run(jpegs: list[bytes], config: FeatureConfig) -> tuple[float, int]:
+    """(seconds, images with features) for the whole in-process pipeline, start-up included."""
+    options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    _ = (
+        pipeline
+        | "Images" >> beam.Create(list(enumerate(jpegs)))
+        | "Decode" >> beam.Map(_decode)
+        | "ExtractFeatures" >> ExtractFeatures(config)
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - started
+    query = MetricsFilter().with_namespace("features").with_name("ok")
+    return seconds, sum(c.committed for c in result.metrics().query(query)["counters"])
+
+
+def _delf_figures(jpegs: list[bytes], model: str, max_features: int) -> dict[str, object]:
+    import tensorflow as tf
+
+    config = FeatureConfig(extractor="delf", delf_model=model, max_features=max_features)
+    pipeline_run(jpegs[:2], config)  # load TensorFlow and trace the model outside the timing
+    seconds, done = pipeline_run(jpegs, config)
+    assert done == len(jpegs)
+    device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return {"delf_images_per_s": round(len(jpegs) / seconds, 2), "delf_device": device}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=768)
+    parser.add_argument("--max-features", type=int, default=FeatureConfig().max_features)
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each side; medians are reported")
+    parser.add_argument("--delf-model", help="also measure the DELF step with this SavedModel / TF-Hub handle")
+    args = parser.parse_args()
+
+    jpegs = make_images(args.images, args.width, args.height)
+    config = FeatureConfig(max_features=args.max_features)
+    pipeline_run(jpegs[:2], config)  # import and warm-up costs paid once, as on a long-running worker
+    bare_ips, pipeline_ips = [], []
+    for run in range(args.runs):
+        bare_ips.append(args.images / bare_loop(jpegs, args.max_features))
+        seconds, done = pipeline_run(jpegs, config)
+        assert done == args.images, f"pipeline produced {done} feature records for {args.images} images"
+        pipeline_ips.append(args.images / seconds)
+        print(f"run {run}: bare {bare_ips[-1]:.2f} images/s, pipeline {pipeline_ips[-1]:.2f} images/s", flush=True)
+    bare, piped = statistics.median(bare_ips), statistics.median(pipeline_ips)
+    result: dict[str, object] = {
+        "images": args.images,
+        "pipeline_images_per_s": round(piped, 2),
+        "bare_images_per_s": round(bare, 2),
+        "overhead_ratio": round(bare / piped, 3),
+    }
+    if args.delf_model:
+        result.update(_delf_figures(jpegs, args.delf_model, args.max_features))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
