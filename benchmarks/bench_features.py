@@ -1,11 +1,12 @@
 """Cost of running SIFT inside the Beam feature stage, against a bare OpenCV loop on the same images.
 
-Both sides start from the same JPEG bytes on one core: the bare loop decodes each with OpenCV and
-runs SIFT (`detectAndCompute`, same `nfeatures`); the pipeline runs `Create -> decode ->
-ExtractFeatures -> count` on Beam's in-process runner with one worker, so it also pays for
-Beam's start-up, RunInference batching, RootSIFT, float16 storage, records and counters. Runs
-alternate (bare, pipeline, bare, ...) so that load from other processes hits both; medians are
-reported. With `--delf-model` the DELF step's images/s is measured too (on a GPU when
+Both sides start from the same JPEG files: the bare loop reads and decodes each with OpenCV and
+runs SIFT (`detectAndCompute`, same `nfeatures`); the pipeline runs `Create(paths) -> read and
+decode -> ExtractFeatures` on Beam's in-process runner with one worker, so it also pays for
+Beam's start-up, RunInference batching, RootSIFT, float16 storage, records and counters. (Paths,
+not bytes, go into `Create`: Beam bz2-compresses a `Create`'s values into the pipeline graph,
+which no real run does.) Runs alternate (bare, pipeline, bare, ...) so that load from other
+processes hits both; medians are reported. With `--delf-model` the DELF step's images/s is measured too (on a GPU when
 TensorFlow sees one).
 
     python benchmarks/bench_features.py --images 120 --runs 5
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,41 +40,44 @@ from schemas.records import DecodedImage, ManifestRow
 from transforms.features import ExtractFeatures, FeatureConfig
 
 
-def make_images(count: int, width: int, height: int) -> list[bytes]:
-    """`count` distinct landmark-like textures as JPEG bytes (quality 90)."""
-    images = []
+def make_images(folder: str, count: int, width: int, height: int) -> list[str]:
+    """Writes `count` distinct landmark-like textures as JPEG files (quality 90); their paths."""
+    paths = []
     for seed in range(count):
         pixels = _texture(np.random.default_rng([seed, 17]), (width, height), distractor=False)
-        images.append(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    return images
+        paths.append(os.path.join(folder, f"{seed:05d}.jpg"))
+        cv2.imwrite(paths[-1], pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
 
 
-def bare_loop(jpegs: list[bytes], max_features: int) -> float:
-    """Seconds for OpenCV alone: decode + grey + SIFT on every image."""
+def bare_loop(paths: list[str], max_features: int) -> float:
+    """Seconds for OpenCV alone: read + decode + grey + SIFT on every image."""
     sift = cv2.SIFT_create(nfeatures=max_features)
     started = time.perf_counter()
-    for data in jpegs:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    for path in paths:
+        pixels = cv2.imread(path, cv2.IMREAD_COLOR)
         sift.detectAndCompute(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), None)
     return time.perf_counter() - started
 
 
-def _decode(item: tuple[int, bytes]) -> DecodedImage:
-    index, data = item
+def _decode(item: tuple[int, str]) -> DecodedImage:
+    index, path = item
+    with open(path, "rb") as handle:
+        data = handle.read()
     pixels = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     height, width = pixels.shape[:2]
     row = ManifestRow(line=index + 1, id=f"{index:016x}", url="", landmark_id=1)
     return DecodedImage(row, pixels, data, width, height, len(data), "")
 
 
-def pipeline_run(jpegs: list[bytes], config: FeatureConfig) -> tuple[float, int]:
+def pipeline_run(paths: list[str], config: FeatureConfig) -> tuple[float, int]:
     """(seconds, images with features) for the whole in-process pipeline, start-up included."""
     options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     _ = (
         pipeline
-        | "Images" >> beam.Create(list(enumerate(jpegs)))
+        | "Images" >> beam.Create(list(enumerate(paths)))
         | "Decode" >> beam.Map(_decode)
         | "ExtractFeatures" >> ExtractFeatures(config)
     )
@@ -81,15 +88,15 @@ def pipeline_run(jpegs: list[bytes], config: FeatureConfig) -> tuple[float, int]
     return seconds, sum(c.committed for c in result.metrics().query(query)["counters"])
 
 
-def _delf_figures(jpegs: list[bytes], model: str, max_features: int) -> dict[str, object]:
+def _delf_figures(paths: list[str], model: str, max_features: int) -> dict[str, object]:
     import tensorflow as tf
 
     config = FeatureConfig(extractor="delf", delf_model=model, max_features=max_features)
-    pipeline_run(jpegs[:2], config)  # load TensorFlow and trace the model outside the timing
-    seconds, done = pipeline_run(jpegs, config)
-    assert done == len(jpegs)
+    pipeline_run(paths[:2], config)  # load TensorFlow and trace the model outside the timing
+    seconds, done = pipeline_run(paths, config)
+    assert done == len(paths)
     device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    return {"delf_images_per_s": round(len(jpegs) / seconds, 2), "delf_device": device}
+    return {"delf_images_per_s": round(len(paths) / seconds, 2), "delf_device": device}
 
 
 def main() -> None:
@@ -102,13 +109,14 @@ def main() -> None:
     parser.add_argument("--delf-model", help="also measure the DELF step with this SavedModel / TF-Hub handle")
     args = parser.parse_args()
 
-    jpegs = make_images(args.images, args.width, args.height)
+    folder = tempfile.mkdtemp(prefix="bench_features_")
+    paths = make_images(folder, args.images, args.width, args.height)
     config = FeatureConfig(max_features=args.max_features)
-    pipeline_run(jpegs[:2], config)  # import and warm-up costs paid once, as on a long-running worker
+    pipeline_run(paths[:2], config)  # import and warm-up costs paid once, as on a long-running worker
     bare_ips, pipeline_ips = [], []
     for run in range(args.runs):
-        bare_ips.append(args.images / bare_loop(jpegs, args.max_features))
-        seconds, done = pipeline_run(jpegs, config)
+        bare_ips.append(args.images / bare_loop(paths, args.max_features))
+        seconds, done = pipeline_run(paths, config)
         assert done == args.images, f"pipeline produced {done} feature records for {args.images} images"
         pipeline_ips.append(args.images / seconds)
         print(f"run {run}: bare {bare_ips[-1]:.2f} images/s, pipeline {pipeline_ips[-1]:.2f} images/s", flush=True)
@@ -120,7 +128,8 @@ def main() -> None:
         "overhead_ratio": round(bare / piped, 3),
     }
     if args.delf_model:
-        result.update(_delf_figures(jpegs, args.delf_model, args.max_features))
+        result.update(_delf_figures(paths, args.delf_model, args.max_features))
+    shutil.rmtree(folder)
     print(json.dumps(result))
 
 

@@ -102,7 +102,7 @@ def test_locations_are_swapped_to_xy_on_a_non_square_image(delf: DelfExtractor, 
     raw = (
         tf.saved_model.load(model_path)
         .signatures["default"](
-            image=tf.constant(pixels / 255.0, tf.float32),
+            image=tf.image.convert_image_dtype(pixels, tf.float32),
             score_threshold=tf.constant(100.0),
             image_scales=tf.constant([0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]),
             max_feature_num=tf.constant(1000),
