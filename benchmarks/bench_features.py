@@ -6,13 +6,16 @@ decode -> ExtractFeatures` on Beam's in-process runner with one worker, so it al
 Beam's start-up, RunInference batching, RootSIFT, float16 storage, records and counters. (Paths,
 not bytes, go into `Create`: Beam bz2-compresses a `Create`'s values into the pipeline graph,
 which no real run does.) Runs alternate (bare, pipeline, bare, ...) so that load from other
-processes hits both; medians are reported. With `--delf-model` the DELF step's images/s is measured too (on a GPU when
+processes hits both; medians are reported. On a shared machine wall time follows the load of
+other processes, so the same figures per CPU second of this process (all its threads) are
+printed too. With `--delf-model` the DELF step's images/s is measured too (on a GPU when
 TensorFlow sees one).
 
     python benchmarks/bench_features.py --images 120 --runs 5
 
-Last line: {"images", "pipeline_images_per_s", "bare_images_per_s", "overhead_ratio"} (+ DELF
-figures), overhead_ratio = bare / pipeline images per second (1.0 = no overhead).
+Last line: {"images", "pipeline_images_per_s", "bare_images_per_s", "overhead_ratio"}, then the
+`..._per_cpu_s` and `cpu_overhead_ratio` figures (+ DELF figures); overhead_ratio = bare /
+pipeline images per second (1.0 = no overhead).
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ def make_images(folder: str, count: int, width: int, height: int) -> list[str]:
     return paths
 
 
-def bare_loop(paths: list[str], max_features: int) -> float:
-    """Seconds for OpenCV alone: read + decode + grey + SIFT on every image."""
+def bare_loop(paths: list[str], max_features: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for OpenCV alone: read + decode + grey + SIFT on every image."""
     sift = cv2.SIFT_create(nfeatures=max_features)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         pixels = cv2.imread(path, cv2.IMREAD_COLOR)
         sift.detectAndCompute(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), None)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def _decode(item: tuple[int, str]) -> DecodedImage:
@@ -70,10 +73,11 @@ def _decode(item: tuple[int, str]) -> DecodedImage:
     return DecodedImage(row, pixels, data, width, height, len(data), "")
 
 
-def pipeline_run(paths: list[str], config: FeatureConfig) -> tuple[float, int]:
-    """(seconds, images with features) for the whole in-process pipeline, start-up included."""
+def pipeline_run(paths: list[str], config: FeatureConfig) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, images with features) for the whole in-process pipeline,
+    start-up included."""
     options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     pipeline = beam.Pipeline(options=options)
     _ = (
         pipeline
@@ -83,9 +87,9 @@ def pipeline_run(paths: list[str], config: FeatureConfig) -> tuple[float, int]:
     )
     result = pipeline.run()
     result.wait_until_finish()
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     query = MetricsFilter().with_namespace("features").with_name("ok")
-    return seconds, sum(c.committed for c in result.metrics().query(query)["counters"])
+    return seconds, cpu_seconds, sum(c.committed for c in result.metrics().query(query)["counters"])
 
 
 def _delf_figures(paths: list[str], model: str, max_features: int) -> dict[str, object]:
@@ -93,7 +97,7 @@ def _delf_figures(paths: list[str], model: str, max_features: int) -> dict[str, 
 
     config = FeatureConfig(extractor="delf", delf_model=model, max_features=max_features)
     pipeline_run(paths[:2], config)  # load TensorFlow and trace the model outside the timing
-    seconds, done = pipeline_run(paths, config)
+    seconds, _, done = pipeline_run(paths, config)
     assert done == len(paths)
     device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
     return {"delf_images_per_s": round(len(paths) / seconds, 2), "delf_device": device}
@@ -113,19 +117,29 @@ def main() -> None:
     paths = make_images(folder, args.images, args.width, args.height)
     config = FeatureConfig(max_features=args.max_features)
     pipeline_run(paths[:2], config)  # import and warm-up costs paid once, as on a long-running worker
-    bare_ips, pipeline_ips = [], []
+    rates: dict[str, list[float]] = {"bare": [], "pipeline": [], "bare_cpu": [], "pipeline_cpu": []}
     for run in range(args.runs):
-        bare_ips.append(args.images / bare_loop(paths, args.max_features))
-        seconds, done = pipeline_run(paths, config)
+        wall, cpu = bare_loop(paths, args.max_features)
+        rates["bare"].append(args.images / wall)
+        rates["bare_cpu"].append(args.images / cpu)
+        wall, cpu, done = pipeline_run(paths, config)
         assert done == args.images, f"pipeline produced {done} feature records for {args.images} images"
-        pipeline_ips.append(args.images / seconds)
-        print(f"run {run}: bare {bare_ips[-1]:.2f} images/s, pipeline {pipeline_ips[-1]:.2f} images/s", flush=True)
-    bare, piped = statistics.median(bare_ips), statistics.median(pipeline_ips)
+        rates["pipeline"].append(args.images / wall)
+        rates["pipeline_cpu"].append(args.images / cpu)
+        print(
+            f"run {run}: images/s bare {rates['bare'][-1]:.2f}, pipeline {rates['pipeline'][-1]:.2f}; "
+            f"per CPU s bare {rates['bare_cpu'][-1]:.2f}, pipeline {rates['pipeline_cpu'][-1]:.2f}",
+            flush=True,
+        )
+    median = {name: statistics.median(values) for name, values in rates.items()}
     result: dict[str, object] = {
         "images": args.images,
-        "pipeline_images_per_s": round(piped, 2),
-        "bare_images_per_s": round(bare, 2),
-        "overhead_ratio": round(bare / piped, 3),
+        "pipeline_images_per_s": round(median["pipeline"], 2),
+        "bare_images_per_s": round(median["bare"], 2),
+        "overhead_ratio": round(median["bare"] / median["pipeline"], 3),
+        "pipeline_images_per_cpu_s": round(median["pipeline_cpu"], 2),
+        "bare_images_per_cpu_s": round(median["bare_cpu"], 2),
+        "cpu_overhead_ratio": round(median["bare_cpu"] / median["pipeline_cpu"], 3),
     }
     if args.delf_model:
         result.update(_delf_figures(paths, args.delf_model, args.max_features))
