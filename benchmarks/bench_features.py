@@ -1,15 +1,15 @@
 """Cost of running SIFT inside the Beam feature stage, against a bare OpenCV loop on the same images.
 
 Both sides start from the same JPEG files: the bare loop reads and decodes each with OpenCV and
-runs SIFT (`detectAndCompute`, same `nfeatures`); the pipeline runs `Create(paths) -> read and
-decode -> ExtractFeatures` on Beam's in-process runner with one worker, so it also pays for
-Beam's start-up, RunInference batching, RootSIFT, float16 storage, records and counters. (Paths,
-not bytes, go into `Create`: Beam bz2-compresses a `Create`'s values into the pipeline graph,
-which no real run does.) Runs alternate (bare, pipeline, bare, ...) so that load from other
-processes hits both; medians are reported. On a shared machine wall time follows the load of
-other processes, so the same figures per CPU second of this process (all its threads) are
-printed too. With `--delf-model` the DELF step's images/s is measured too (on a GPU when
-TensorFlow sees one).
+runs SIFT (`detectAndCompute`, same `nfeatures`); the pipeline runs `Create(paths) -> read ->
+ExtractFeatures` (which decodes the stored JPEG, as in `gld curate`) on Beam's in-process runner
+with one worker, so it also pays for Beam's start-up, RunInference batching, RootSIFT, float16
+storage, records and counters. (Paths, not bytes, go into `Create`: Beam bz2-compresses a
+`Create`'s values into the pipeline graph, which no real run does.) Runs alternate (bare,
+pipeline, bare, ...) so that load from other processes hits both; medians are reported. On a
+shared machine wall time follows the load of other processes, so the same figures per CPU
+second of this process (all its threads) are printed too. With `--delf-model` the DELF step's
+images/s is measured too (on a GPU when TensorFlow sees one).
 
     python benchmarks/bench_features.py --images 120 --runs 5
 
@@ -21,6 +21,7 @@ pipeline images per second (1.0 = no overhead).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ import cv2
 import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
 
 from pipeline.demo_data import _texture
 from schemas.records import DecodedImage, ManifestRow
@@ -63,14 +65,15 @@ def bare_loop(paths: list[str], max_features: int) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def _decode(item: tuple[int, str]) -> DecodedImage:
+def _read(item: tuple[int, str]) -> DecodedImage:
+    """The stored-image record of one file; the feature step decodes its pixels on use."""
     index, path = item
     with open(path, "rb") as handle:
         data = handle.read()
-    pixels = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    height, width = pixels.shape[:2]
+    with Image.open(io.BytesIO(data)) as header:  # reads the size only
+        width, height = header.size
     row = ManifestRow(line=index + 1, id=f"{index:016x}", url="", landmark_id=1)
-    return DecodedImage(row, pixels, data, width, height, len(data), "")
+    return DecodedImage(row, data, width, height, width, height, len(data), "")
 
 
 def pipeline_run(paths: list[str], config: FeatureConfig) -> tuple[float, float, int]:
@@ -82,7 +85,7 @@ def pipeline_run(paths: list[str], config: FeatureConfig) -> tuple[float, float,
     _ = (
         pipeline
         | "Images" >> beam.Create(list(enumerate(paths)))
-        | "Decode" >> beam.Map(_decode)
+        | "Read" >> beam.Map(_read)
         | "ExtractFeatures" >> ExtractFeatures(config)
     )
     result = pipeline.run()

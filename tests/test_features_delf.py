@@ -25,9 +25,10 @@ from pipeline.cli import main
 from pipeline.config import build_config
 from pipeline.curate import build_curation
 from pipeline.demo_data import _texture
-from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
+from schemas.records import Failure, LocalFeatures
 from schemas.tables import features_from_row
 from schemas.vocabulary import Reason, Stage
+from tests.test_features import _decoded, _undecodable
 from tests.tiny_delf import build_tiny_delf
 from transforms.features import EXTRACTORS, ExtractFeatures, FeatureConfig, extract_features
 from transforms.features_delf import DelfExtractor
@@ -49,19 +50,6 @@ def delf(model_path: str) -> DelfExtractor:
 
 def _scene(seed: int, width: int = 900, height: int = 700) -> np.ndarray:
     return _texture(np.random.default_rng([seed, 1]), (width, height), distractor=False)
-
-
-def _decoded(image_id: str, pixels: np.ndarray, line: int = 1, landmark_id: int = 7) -> DecodedImage:
-    height, width = pixels.shape[:2]
-    return DecodedImage(
-        row=ManifestRow(line=line, id=image_id, url=f"http://x/{image_id}.jpg", landmark_id=landmark_id),
-        pixels=pixels,
-        jpeg=b"",
-        original_width=width,
-        original_height=height,
-        original_bytes=0,
-        sha256="",
-    )
 
 
 def _features(image_id: str, pixels: np.ndarray, extractor: DelfExtractor) -> LocalFeatures:
@@ -177,8 +165,13 @@ def test_blank_image_is_a_valid_record_without_features(delf: DelfExtractor) -> 
     [np.zeros((HEIGHT, WIDTH), np.uint8), np.zeros((HEIGHT, WIDTH, 4), np.uint8), np.zeros((0, WIDTH, 3), np.uint8)],
     ids=["grey", "rgba", "empty"],
 )
-def test_an_unusable_image_becomes_a_failure(delf: DelfExtractor, pixels: np.ndarray) -> None:
-    failure = extract_features(_decoded("bad", pixels, line=9, landmark_id=2), delf)
+def test_the_extractor_refuses_arrays_that_are_not_rgb_images(delf: DelfExtractor, pixels: np.ndarray) -> None:
+    with pytest.raises(delf.errors):
+        delf(pixels)
+
+
+def test_an_undecodable_image_becomes_a_failure(delf: DelfExtractor) -> None:
+    failure = extract_features(_undecodable("bad", line=9, landmark_id=2), delf)
     assert isinstance(failure, Failure)
     assert (failure.id, failure.line, failure.landmark_id) == ("bad", 9, 2)
     assert failure.stage == Stage.FEATURES and failure.reason == Reason.EXTRACTION_ERROR and failure.detail
@@ -217,7 +210,7 @@ def test_run_inference_routes_features_failures_and_counts_empty_images(model_pa
     images = [
         _decoded("tex", _scene(9, WIDTH, HEIGHT), line=1),
         _decoded("blank", np.full((HEIGHT, WIDTH, 3), 30, np.uint8), line=2),
-        _decoded("grey", np.zeros((HEIGHT, WIDTH), np.uint8), line=3),
+        _undecodable("corrupt", line=3, landmark_id=7),
     ]
     config = FeatureConfig(extractor="delf", delf_model=model_path, max_features=300)
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"]))
@@ -225,7 +218,7 @@ def test_run_inference_routes_features_failures_and_counts_empty_images(model_pa
     summary = features | beam.Map(lambda f: (f.id, f.line, f.count, f.descriptors.shape[1], str(f.descriptors.dtype)))
     assert_that(summary, equal_to([("tex", 1, 300, 40, "float16"), ("blank", 2, 0, 40, "float16")]))
     failed = failures | beam.Map(lambda f: (f.id, f.line, f.reason))
-    assert_that(failed, equal_to([("grey", 3, Reason.EXTRACTION_ERROR)]), label="CheckFailures")
+    assert_that(failed, equal_to([("corrupt", 3, Reason.EXTRACTION_ERROR)]), label="CheckFailures")
 
     inference = [s for s in _steps(pipeline) if isinstance(s.transform, RunInference)]
     assert [s.full_label for s in inference] == ["ExtractFeatures/Extract"]

@@ -182,14 +182,14 @@ EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {"sift": SiftExtra
 
 
 def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures | Failure:
-    """Features of one decoded image. Returns a Failure (extraction_error) when the extractor
-    raises one of its `errors` for this image; a record with N = 0 when it finds nothing."""
+    """Features of one decoded image. Returns a Failure (extraction_error) when the stored JPEG
+    does not decode (ValueError) or the extractor raises one of its `errors` for this image; a
+    record with N = 0 when it finds nothing."""
     row = image.row
     try:
         keypoints, descriptors, scales, scores = extractor(image.pixels)
-    except extractor.errors as exc:
+    except (ValueError, *extractor.errors) as exc:
         return Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, str(exc), row.url)
-    height, width = image.pixels.shape[:2]
     return LocalFeatures(
         id=row.id,
         landmark_id=row.landmark_id,
@@ -198,8 +198,8 @@ def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures
         descriptors=descriptors,
         scales=scales,
         scores=scores,
-        width=width,
-        height=height,
+        width=image.width,
+        height=image.height,
     )
 
 
@@ -233,7 +233,8 @@ class ExtractorModelHandler(ModelHandler[DecodedImage, LocalFeatures | Failure, 
         return results
 
     def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
-        return sum(image.pixels.nbytes for image in batch)
+        # the stored JPEG: counting pixels would decode (and could fail) outside extract_features
+        return sum(len(image.jpeg) for image in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"{STAGE}_inference"

@@ -23,6 +23,8 @@ from transforms.progress import StageTimer, tick
 STAGE = Stage.VERIFY.value
 
 MODELS = ("affine", "homography")
+#: Putative matches a model needs before RANSAC can run.
+_MIN_MATCHES = {"affine": 3, "homography": 4}
 
 
 @dataclass(frozen=True)
@@ -86,19 +88,8 @@ def putative_matches(desc_a: np.ndarray, desc_b: np.ndarray, config: VerifyConfi
     return rows[keep], best[keep]
 
 
-def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:
-    """(num_matches, inliers, reason) for one pair; reason is "" when RANSAC ran.
-
-    Degenerate input never raises: fewer putative matches than the model needs gives
-    `too_few_matches`, a RANSAC that finds no model gives `no_model`, both with 0 inliers.
-    """
-    idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
-    num_matches = len(idx_a)
-    needed = 3 if config.model == "affine" else 4
-    if num_matches < needed:
-        return num_matches, 0, "too_few_matches"
-    src = a.keypoints[idx_a].astype(np.float32)
-    dst = b.keypoints[idx_b].astype(np.float32)
+def _fit(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> np.ndarray | None:
+    """RANSAC inlier mask [M] (bool) of matched points src, dst [M, 2]; None when no model is found."""
     if config.model == "affine":
         model, mask = cv2.estimateAffine2D(
             src,
@@ -119,8 +110,42 @@ def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tup
             confidence=config.ransac_confidence,
         )
     if model is None or mask is None:
+        return None
+    return mask.ravel().astype(bool)
+
+
+def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:
+    """(num_matches, inliers, reason) for one pair; reason is "" when RANSAC ran.
+
+    Degenerate input never raises: fewer putative matches than the model needs gives
+    `too_few_matches`, a RANSAC that finds no model gives `no_model`, both with 0 inliers.
+    """
+    idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
+    num_matches = len(idx_a)
+    if num_matches < _MIN_MATCHES[config.model]:
+        return num_matches, 0, "too_few_matches"
+    mask = _fit(a.keypoints[idx_a].astype(np.float32), b.keypoints[idx_b].astype(np.float32), config)
+    if mask is None:
         return num_matches, 0, "no_model"
     return num_matches, int(mask.sum()), ""
+
+
+def inlier_matches(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The inlier correspondences of one pair, for drawing: keypoints of a and of b, [K, 2] each.
+
+    Re-runs `verify_pair`'s matching (deterministic, so K equals its inlier count); K is 0
+    for the pairs it reports as `too_few_matches` or `no_model`. Meant for the few pairs a
+    report draws, so the pipeline never stores every match.
+    """
+    idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
+    empty = np.zeros((0, 2), dtype=np.float32)
+    if len(idx_a) < _MIN_MATCHES[config.model]:
+        return empty, empty
+    src, dst = a.keypoints[idx_a].astype(np.float32), b.keypoints[idx_b].astype(np.float32)
+    mask = _fit(src, dst, config)
+    if mask is None:
+        return empty, empty
+    return src[mask], dst[mask]
 
 
 def verify_result(landmark_id: int, a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> PairResult:
