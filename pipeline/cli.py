@@ -16,10 +16,19 @@ class _DropOptionalGcpNotice(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+class _DropRunInferenceMemoryNotice(logging.Filter):
+    """Beam's RunInference cannot measure model memory without torch installed and says so at
+    every model load; the features still come out right."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "memory usage cannot be fetched" not in record.getMessage()
+
+
 def _configure_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_DropOptionalGcpNotice())
+    handler.addFilter(_DropRunInferenceMemoryNotice())
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(handler)
@@ -77,8 +86,17 @@ def _curate_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"
     )
     features = parser.add_argument_group("features")
-    features.add_argument("--extractor", choices=["sift"], help="local feature extractor (default sift)")
-    features.add_argument("--max-features", type=int, help="strongest keypoints kept per image (default 4000)")
+    features.add_argument("--extractor", choices=["sift", "delf"], help="local feature extractor (default sift)")
+    features.add_argument("--max-features", type=int, help="strongest features kept per image (default 1000)")
+    features.add_argument("--descriptor-dtype", choices=["float16", "float32", "uint8"], help="stored descriptors")
+    features.add_argument(
+        "--delf-model", help="DELF TF-Hub handle or SavedModel path (default tfhub.dev/google/delf/1)"
+    )
+    features.add_argument(
+        "--gpu-accelerator",
+        help="Beam accelerator hint for the feature step only, e.g. "
+        "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
+    )
     pairs = parser.add_argument_group("pairs and verification")
     pairs.add_argument("--pairs", choices=["all", "random"], help="candidate pairs per class (default all)")
     pairs.add_argument("--pairs-k", type=int, help="partners per image when a class is too large for all pairs")
@@ -119,6 +137,9 @@ _OVERRIDES = {
     "store_part_rows": ("store", "part_rows"),
     "extractor": ("features", "extractor"),
     "max_features": ("features", "max_features"),
+    "descriptor_dtype": ("features", "descriptor_dtype"),
+    "delf_model": ("features", "delf_model"),
+    "gpu_accelerator": ("features", "gpu_accelerator"),
     "pairs": ("pairs", "mode"),
     "pairs_k": ("pairs", "k"),
     "max_class_for_all": ("pairs", "max_class_for_all"),

@@ -14,6 +14,9 @@ import numpy as np
 
 from schemas.vocabulary import FAILURE_REASONS, Reason, Stage, Status
 
+#: How descriptors may be stored (`LocalFeatures.descriptors`).
+DESCRIPTOR_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.uint8))
+
 
 @dataclass(frozen=True)
 class ManifestRow:
@@ -88,11 +91,14 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """Local features of one image.
+    """Local features of one image, strongest first.
 
-    - `keypoints`: float32 [N, 2], (x, y) in pixels of the normalised image (origin top-left).
-    - `descriptors`: [N, D]; uint8 (RootSIFT scaled to 0..255) or float16/float32 (DELF).
-    - `scales`: float32 [N], keypoint size in pixels; `scores`: float32 [N], detector response.
+    - `keypoints`: float32 [N, 2], (x, y) in pixels of the normalised image: origin at the
+      top-left corner, (0, 0) the centre of the top-left pixel (DELF's (y, x) is swapped).
+    - `descriptors`: [N, D], float16 (default), float32, or uint8 (SIFT only, RootSIFT x 255);
+      D = 128 for SIFT, 40 for the public DELF module.
+    - `scales`: float32 [N], SIFT keypoint size in pixels or DELF's 1 / pyramid scale;
+      `scores`: float32 [N], SIFT response or DELF attention (NaN where a model gives none).
     - `width`, `height`: size of the normalised image the keypoints refer to.
     N may be 0: an image without features is a valid record that simply cannot verify.
     """
@@ -116,6 +122,10 @@ class LocalFeatures:
             )
         if self.descriptors.shape[0] != n or self.scales.shape != (n,) or self.scores.shape != (n,):
             raise ValueError("keypoints, descriptors, scales and scores must have the same N")
+        if not all(a.dtype == np.float32 for a in (self.keypoints, self.scales, self.scores)):
+            raise ValueError("keypoints, scales and scores must be float32")
+        if self.descriptors.dtype not in DESCRIPTOR_DTYPES:
+            raise ValueError(f"descriptors must be one of {DESCRIPTOR_DTYPES}, got {self.descriptors.dtype}")
 
     @property
     def count(self) -> int:

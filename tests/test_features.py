@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import apache_beam as beam
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -14,14 +17,17 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo_data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
+from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
 from transforms.features import (
     EXTRACTORS,
     ExtractFeatures,
+    ExtractorModelHandler,
     FeatureConfig,
     SiftExtractor,
+    compact_descriptors,
     extract_features,
-    quantize_descriptors,
+    root_sift,
 )
 from transforms.verify import VerifyConfig, putative_matches, verify_pair
 
@@ -79,7 +85,7 @@ def test_output_types_shapes_and_order(extracted: tuple) -> None:
     n = len(keypoints)
     assert 100 < n <= 600
     assert keypoints.dtype == np.float32 and keypoints.shape == (n, 2)
-    assert descriptors.dtype == np.uint8 and descriptors.shape == (n, 128)
+    assert descriptors.dtype == np.float16 and descriptors.shape == (n, 128)
     assert scales.dtype == np.float32 and scales.shape == (n,)
     assert scores.dtype == np.float32 and scores.shape == (n,)
     assert np.all(scales > 0) and np.all(scores > 0)
@@ -120,31 +126,58 @@ def test_max_features_caps_the_count(image: np.ndarray, max_features: int) -> No
 
 
 def test_root_sift_rows_have_unit_l2_norm(extracted: tuple) -> None:
-    descriptors = extracted[1].astype(np.float64) / 255.0
-    norms = np.linalg.norm(descriptors, axis=1)
+    norms = np.linalg.norm(extracted[1].astype(np.float64), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-3)
+
+
+def test_uint8_root_sift_is_scaled_to_bytes(image: np.ndarray, extracted: tuple) -> None:
+    as_bytes = SiftExtractor(FeatureConfig(max_features=600, descriptor_dtype="uint8"))(image)
+    np.testing.assert_array_equal(as_bytes[0], extracted[0])
+    assert as_bytes[1].dtype == np.uint8
+    norms = np.linalg.norm(as_bytes[1].astype(np.float64) / 255.0, axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=0.03)
+    # the two storages hold the same descriptor up to the byte quantisation step
+    np.testing.assert_allclose(as_bytes[1] / 255.0, extracted[1].astype(np.float64), atol=0.5 / 255 + 1e-3)
 
 
 def test_plain_sift_is_not_root_normalised(image: np.ndarray) -> None:
-    descriptors = SiftExtractor(FeatureConfig(max_features=100, root_sift=False))(image)[1]
-    assert descriptors.dtype == np.uint8 and descriptors.shape == (100, 128)
-    # OpenCV scales SIFT to an L2 norm of 512 before clipping to bytes: far from 255.
-    norms = np.linalg.norm(descriptors.astype(np.float64), axis=1)
-    assert np.all(norms > 300)
+    for dtype in ("uint8", "float32"):
+        descriptors = SiftExtractor(FeatureConfig(max_features=100, root_sift=False, descriptor_dtype=dtype))(image)[1]
+        assert descriptors.dtype == np.dtype(dtype) and descriptors.shape == (100, 128)
+        # OpenCV scales SIFT to an L2 norm of 512 before clipping to bytes: far from 1 or 255.
+        norms = np.linalg.norm(descriptors.astype(np.float64), axis=1)
+        assert np.all(norms > 300)
 
 
-def test_quantize_descriptors_values() -> None:
+def test_root_sift_and_compact_descriptor_values() -> None:
     raw = np.zeros((3, 128), np.float32)
     raw[0, 5] = 4.0  # L1 = 4 -> sqrt(1) = 1 -> 255
     raw[1, :4] = 1.0  # L1 = 4 -> sqrt(0.25) = 0.5 -> 127.5 -> 128
     # raw[2] is all zero: must stay zero, not NaN
-    root = quantize_descriptors(raw, root_sift=True)
-    assert root.dtype == np.uint8
-    assert root[0, 5] == 255 and root[0].sum() == 255
-    assert list(root[1, :5]) == [128, 128, 128, 128, 0]
-    assert not root[2].any()
-    plain = quantize_descriptors(np.array([[0.4, 254.6, 300.0, -3.0]]), root_sift=False)
+    root = root_sift(raw)
+    assert root.dtype == np.float32 and root[0, 5] == 1.0 and list(root[1, :5]) == [0.5, 0.5, 0.5, 0.5, 0.0]
+    assert not root[2].any() and not np.isnan(root).any()
+    as_bytes = compact_descriptors(root, "uint8")
+    assert as_bytes.dtype == np.uint8
+    assert as_bytes[0, 5] == 255 and as_bytes[0].sum() == 255
+    assert list(as_bytes[1, :5]) == [128, 128, 128, 128, 0]
+    plain = compact_descriptors(np.array([[0.4, 254.6, 300.0, -3.0]]), "uint8", byte_scale=1.0)
     assert plain.tolist() == [[0, 255, 255, 0]]
+    half = compact_descriptors(root, "float16")
+    assert half.dtype == np.float16 and half[1, 0] == 0.5
+
+
+def test_working_side_reports_keypoints_in_full_image_pixels() -> None:
+    """SIFT on the image shrunk to half: the same scene points, in the full image's pixels."""
+    half = _textured(31, 640, 400)
+    # each pixel repeated 2 x 2: shrinking by area averaging gives `half`'s grey levels back exactly
+    full = np.repeat(np.repeat(half, 2, axis=0), 2, axis=1)
+    shrunk = SiftExtractor(FeatureConfig(max_features=300, working_side=640))(full)
+    direct = SiftExtractor(FeatureConfig(max_features=300))(half)
+    np.testing.assert_allclose(shrunk[0], (direct[0] + 0.5) * 2 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(shrunk[2], direct[2] * 2, rtol=1e-5)
+    np.testing.assert_array_equal(shrunk[1], direct[1])
+    assert shrunk[0][:, 0].max() > 700, "keypoints cover the full width, not the working width"
 
 
 def test_repeatable_under_rotation_and_scale(image: np.ndarray, extracted: tuple) -> None:
@@ -180,7 +213,7 @@ def test_blank_image_gives_valid_empty_features() -> None:
     extractor = SiftExtractor(FeatureConfig(max_features=100))
     keypoints, descriptors, scales, scores = extractor(blank)
     assert keypoints.shape == (0, 2) and keypoints.dtype == np.float32
-    assert descriptors.shape == (0, 128) and descriptors.dtype == np.uint8
+    assert descriptors.shape == (0, 128) and descriptors.dtype == np.float16
     assert scales.shape == (0,) and scores.shape == (0,)
 
     features = extract_features(_decoded("blank", blank, line=3, landmark_id=11), extractor)
@@ -211,12 +244,20 @@ def test_extractor_error_becomes_a_failure() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"extractor": "delf"},
+        {"extractor": "orb"},
         {"extractor": "SIFT"},
         {"max_features": 0},
         {"max_features": -5},
         {"contrast_threshold": 0.0},
         {"edge_threshold": -1.0},
+        {"descriptor_dtype": "int8"},
+        {"extractor": "delf", "descriptor_dtype": "uint8"},
+        {"working_side": 8},
+        {"delf_model": ""},
+        {"delf_image_scales": ()},
+        {"delf_image_scales": (1.0, 0.0)},
+        {"max_batch_size": 0},
+        {"gpu_accelerator": "nvidia-tesla-t4"},
     ],
 )
 def test_feature_config_rejects_bad_values(kwargs: dict) -> None:
@@ -224,12 +265,18 @@ def test_feature_config_rejects_bad_values(kwargs: dict) -> None:
         FeatureConfig(**kwargs)
 
 
-def test_feature_config_defaults_are_valid() -> None:
+def test_feature_config_defaults() -> None:
     config = FeatureConfig()
-    assert config.extractor in EXTRACTORS and config.max_features > 0
+    assert set(EXTRACTORS) == {"sift", "delf"}
+    assert (config.extractor, config.max_features, config.descriptor_dtype) == ("sift", 1000, "float16")
+    assert config.delf_model == "https://tfhub.dev/google/delf/1"
+    assert config.delf_score_threshold == 100.0
+    assert config.delf_image_scales == (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
+    assert config.gpu_accelerator == ""
 
 
 def test_extract_features_transform_routes_records_and_failures() -> None:
+    """The three images share one RunInference batch: only the broken one fails."""
     textured = _decoded("tex", _textured(21), line=1, landmark_id=4)
     blank = _decoded("blank", np.full((HEIGHT, WIDTH, 3), 200, np.uint8), line=2, landmark_id=4)
     broken = _undecodable("grey", line=3, landmark_id=6)
@@ -249,3 +296,54 @@ def test_extract_features_transform_routes_records_and_failures() -> None:
         )
         failed = failures | beam.Map(lambda f: (f.id, f.line, f.stage, f.reason))
         assert_that(failed, equal_to([("grey", 3, Stage.FEATURES, Reason.EXTRACTION_ERROR)]), label="CheckFailures")
+
+
+_LOADS: Counter[int] = Counter()
+
+
+class _CountingSift(SiftExtractor):
+    """SiftExtractor that counts how often a worker builds it, by `max_features`."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        _LOADS[config.max_features] += 1
+        super().__init__(config)
+
+
+def test_extractor_is_loaded_once_per_process_and_batches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(EXTRACTORS, "counting", _CountingSift)
+    config = FeatureConfig(extractor="counting", max_features=77, max_batch_size=3)
+    assert ExtractorModelHandler(config).batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 3}
+    images = [_decoded(f"img{n:02d}", _textured(40 + n, 160, 120), line=n) for n in range(12)]
+    options = PipelineOptions(
+        ["--runner=DirectRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"]
+    )
+    with BeamTestPipeline(options=options) as pipeline:
+        features, _ = pipeline | beam.Create(images) | ExtractFeatures(config)
+        assert_that(features | beam.Map(lambda f: f.id), equal_to([image.row.id for image in images]))
+    assert _LOADS[77] == 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "uint8"])
+def test_feature_records_round_trip_through_parquet_bit_for_bit(tmp_path, image: np.ndarray, dtype: str) -> None:
+    extractor = SiftExtractor(FeatureConfig(max_features=200, descriptor_dtype=dtype))
+    records = [
+        extract_features(_decoded("tex", image, line=1), extractor),
+        extract_features(_decoded("blank", np.full((HEIGHT, WIDTH, 3), 50, np.uint8), line=2), extractor),
+    ]
+    # a model that returns no scores: NaN must come back as the same NaN bits
+    records.append(dataclasses.replace(records[0], id="nan", scores=np.full(200, np.nan, np.float32)))
+    path = str(tmp_path / "features.parquet")
+    pq.write_table(pa.Table.from_pylist([features_to_row(r) for r in records], schema=FEATURES_SCHEMA), path)
+    read = [features_from_row(row) for row in pq.read_table(path).to_pylist()]
+    assert [r.count for r in read] == [200, 0, 200]
+    for original, back in zip(records, read, strict=True):
+        assert (back.id, back.landmark_id, back.line, back.width, back.height) == (
+            original.id,
+            original.landmark_id,
+            original.line,
+            original.width,
+            original.height,
+        )
+        for name in ("keypoints", "descriptors", "scales", "scores"):
+            a, b = getattr(original, name), getattr(back, name)
+            assert (a.dtype, a.shape, a.tobytes()) == (b.dtype, b.shape, b.tobytes())

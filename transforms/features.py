@@ -1,58 +1,140 @@
 """Stage 4: local features per image, behind an extractor interface chosen by name.
 
-SIFT/RootSIFT (OpenCV) is the default and runs anywhere. Descriptors are stored as uint8:
-RootSIFT components lie in [0, 1] and are scaled by 255, a 4x saving over float32 that changes
-matching decisions negligibly.
+Extractors (`EXTRACTORS`): `sift` (OpenCV SIFT/RootSIFT, CPU, the default) and `delf` (DELF from a
+TF-Hub module or SavedModel, see `transforms.features_delf`). Every extractor is a "model" for
+Beam's `RunInference`: built once per worker process by `ExtractorModelHandler.load_model`,
+shared by the process's threads, fed bounded batches, and run one image at a time inside a batch
+so that one bad image fails alone. Descriptors are stored as float16 by default (half of
+float32, exact enough for matching); SIFT may store uint8 instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import apache_beam as beam
 import cv2
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from schemas.records import DecodedImage, Failure, LocalFeatures
+from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, LocalFeatures
 from schemas.vocabulary import Reason, Stage
 from transforms.progress import StageTimer
 from transforms.routing import route
 
 STAGE = Stage.FEATURES.value
 
+DESCRIPTOR_DTYPE_NAMES = tuple(dtype.name for dtype in DESCRIPTOR_DTYPES)
+
+#: The public DELF module (TF-Hub); `--delf-model` also takes a local or gs:// SavedModel path.
+DEFAULT_DELF_MODEL = "https://tfhub.dev/google/delf/1"
+#: DELF's image pyramid and attention threshold as published with the model.
+DELF_IMAGE_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
+DELF_SCORE_THRESHOLD = 100.0
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """`max_features`: strongest keypoints kept per image. 4000 rather than DELF's 1000:
-    on real landmark photos at 1024 px, 1000 SIFT keypoints verified 2-6 of 14 true members
-    and 4000 verified 9-10, with wrong-landmark pairs still under 12 inliers."""
+    """Settings of the feature stage.
+
+    - `extractor`: a key of `EXTRACTORS`; `max_features`: strongest features kept per image
+      (SIFT's cap and DELF's `max_feature_num`). 1000 as DELF; on real landmark photos SIFT
+      verifies more true members with 4000, at 3x the storage (README, "Presets and defaults").
+    - `descriptor_dtype`: how descriptors are stored: float16 (default), float32, or uint8
+      (SIFT only: RootSIFT components lie in [0, 1] and are scaled by 255).
+    - SIFT: `root_sift`, `contrast_threshold`, `edge_threshold`, and `working_side`, the longest
+      side SIFT sees (larger images are shrunk for detection; keypoints are still reported in
+      pixels of the normalised image).
+    - DELF: `delf_model` (TF-Hub handle or SavedModel path), `delf_score_threshold`,
+      `delf_image_scales`.
+    - `max_batch_size`: images per `RunInference` batch (bounds a worker's memory).
+    - `gpu_accelerator`: a Beam accelerator resource hint (e.g. Dataflow's
+      `type:nvidia-tesla-t4;count:1;install-nvidia-driver`) put on this step only; empty = none.
+    """
 
     extractor: str = "sift"
-    max_features: int = 4000
+    max_features: int = 1000
+    descriptor_dtype: str = "float16"
     root_sift: bool = True
     contrast_threshold: float = 0.04
     edge_threshold: float = 10.0
+    working_side: int = 1024
+    delf_model: str = DEFAULT_DELF_MODEL
+    delf_score_threshold: float = DELF_SCORE_THRESHOLD
+    delf_image_scales: tuple[float, ...] = DELF_IMAGE_SCALES
+    max_batch_size: int = 8
+    gpu_accelerator: str = ""
 
     def __post_init__(self) -> None:
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {self.extractor!r}; choose from {sorted(EXTRACTORS)}")
         if self.max_features <= 0:
             raise ValueError("max_features must be > 0")
+        if self.descriptor_dtype not in DESCRIPTOR_DTYPE_NAMES:
+            raise ValueError(f"descriptor_dtype must be one of {DESCRIPTOR_DTYPE_NAMES}")
+        if self.descriptor_dtype == "uint8" and self.extractor != "sift":
+            raise ValueError("uint8 descriptors are only defined for SIFT (DELF descriptors are signed)")
         if self.contrast_threshold <= 0 or self.edge_threshold <= 0:
             raise ValueError("SIFT thresholds must be > 0")
+        if self.working_side < 16:
+            raise ValueError("working_side must be >= 16")
+        if not self.delf_model:
+            raise ValueError("delf_model must name a TF-Hub handle or a SavedModel path")
+        if not self.delf_image_scales or any(s <= 0 for s in self.delf_image_scales):
+            raise ValueError("delf_image_scales must be a non-empty list of positive scales")
+        if self.max_batch_size <= 0:
+            raise ValueError("max_batch_size must be > 0")
+        if self.gpu_accelerator and not self.gpu_accelerator.startswith("type:"):
+            raise ValueError("gpu_accelerator must look like 'type:<gpu>;count:<n>[;install-nvidia-driver]'")
+
+
+FeatureArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class Extractor(Protocol):
-    """Turns uint8 RGB [H, W, 3] into (keypoints [N,2] float32 (x, y), descriptors [N,D],
-    scales [N] float32, scores [N] float32), strongest first."""
+    """Turns uint8 RGB [H, W, 3] into (keypoints float32 [N, 2] (x, y) in pixels of that image,
+    descriptors [N, D] in the configured dtype, scales float32 [N], scores float32 [N]),
+    strongest first. `errors` lists the exceptions that mean "this image cannot be processed"."""
 
-    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    errors: tuple[type[Exception], ...]
+
+    def __call__(self, pixels: np.ndarray) -> FeatureArrays: ...
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT [N, 128] -> RootSIFT float32 [N, 128] (Arandjelovic & Zisserman 2012): the square
+    root of the L1-normalised vector, so components lie in [0, 1] and rows have unit L2 norm
+    (all-zero rows stay zero)."""
+    d = descriptors.astype(np.float32)
+    return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-12))
+
+
+def compact_descriptors(descriptors: np.ndarray, dtype: str, byte_scale: float = 255.0) -> np.ndarray:
+    """Float descriptors [N, D] -> stored dtype [N, D]. uint8 multiplies by `byte_scale` (255
+    for components in [0, 1]; 1 for OpenCV's plain SIFT, already in 0..255), rounds and clips."""
+    if dtype == "uint8":
+        return np.clip(np.round(descriptors.astype(np.float32) * byte_scale), 0, 255).astype(np.uint8)
+    return descriptors.astype(dtype)
+
+
+def _no_features(dim: int, dtype: str) -> FeatureArrays:
+    return (
+        np.zeros((0, 2), np.float32),
+        np.zeros((0, dim), dtype),
+        np.zeros((0,), np.float32),
+        np.zeros((0,), np.float32),
+    )
 
 
 class SiftExtractor:
-    """OpenCV SIFT, optionally RootSIFT (Arandjelovic & Zisserman 2012), uint8 descriptors."""
+    """OpenCV SIFT, RootSIFT by default. One instance may serve several threads: OpenCV's
+    detectAndCompute keeps no state between calls and releases the GIL."""
+
+    errors = (cv2.error,)
 
     def __init__(self, config: FeatureConfig) -> None:
         self._config = config
@@ -64,44 +146,50 @@ class SiftExtractor:
             edgeThreshold=config.edge_threshold,
         )
 
-    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, pixels: np.ndarray) -> FeatureArrays:
         grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+        height, width = grey.shape
+        shrink = min(1.0, self._config.working_side / max(height, width))
+        if shrink < 1.0:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         keypoints, descriptors = self._sift.detectAndCompute(grey, None)
         if not keypoints or descriptors is None:
-            return (
-                np.zeros((0, 2), np.float32),
-                np.zeros((0, 128), np.uint8),
-                np.zeros((0,), np.float32),
-                np.zeros((0,), np.float32),
-            )
+            return _no_features(128, self._config.descriptor_dtype)
         xy = np.array([k.pt for k in keypoints], dtype=np.float32)
         scales = np.array([k.size for k in keypoints], dtype=np.float32)
         scores = np.array([k.response for k in keypoints], dtype=np.float32)
         order = np.lexsort((xy[:, 1], xy[:, 0], -scores))[: self._config.max_features]
-        return xy[order], quantize_descriptors(descriptors[order], self._config.root_sift), scales[order], scores[order]
+        xy, scales, scores, descriptors = xy[order], scales[order], scores[order], descriptors[order]
+        if shrink < 1.0:
+            # back to pixel centres of the normalised image (per axis: the sizes were rounded)
+            factor = np.array([grey.shape[1] / width, grey.shape[0] / height], np.float32)
+            xy = ((xy + 0.5) / factor - 0.5).astype(np.float32)
+            scales = (scales / factor.mean()).astype(np.float32)
+        if self._config.root_sift:
+            return xy, compact_descriptors(root_sift(descriptors), self._config.descriptor_dtype), scales, scores
+        return xy, compact_descriptors(descriptors, self._config.descriptor_dtype, byte_scale=1.0), scales, scores
 
 
-def quantize_descriptors(descriptors: np.ndarray, root_sift: bool) -> np.ndarray:
-    """SIFT float [N, 128] -> uint8 [N, 128]; RootSIFT = sqrt of the L1-normalised vector."""
-    d = descriptors.astype(np.float32)
-    if root_sift:
-        d = np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-12))
-        return np.clip(np.round(d * 255.0), 0, 255).astype(np.uint8)
-    return np.clip(np.round(d), 0, 255).astype(np.uint8)
+def _delf_extractor(config: FeatureConfig) -> Extractor:
+    # imported here: TensorFlow takes seconds to import and SIFT runs never need it
+    from transforms.features_delf import DelfExtractor
+
+    return DelfExtractor(config)
 
 
-EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {"sift": SiftExtractor}
+EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {"sift": SiftExtractor, "delf": _delf_extractor}
 
 
 def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures | Failure:
-    """Features of one decoded image; fails (extraction_error) when the stored JPEG does not
-    decode (ValueError) or the extractor raises."""
+    """Features of one decoded image. Returns a Failure (extraction_error) when the stored JPEG
+    does not decode (ValueError) or the extractor raises one of its `errors` for this image; a
+    record with N = 0 when it finds nothing."""
     row = image.row
     try:
         keypoints, descriptors, scales, scores = extractor(image.pixels)
-    except (cv2.error, ValueError) as exc:
+    except (ValueError, *extractor.errors) as exc:
         return Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, str(exc), row.url)
-    height, width = image.pixels.shape[:2]
     return LocalFeatures(
         id=row.id,
         landmark_id=row.landmark_id,
@@ -110,36 +198,67 @@ def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures
         descriptors=descriptors,
         scales=scales,
         scores=scores,
-        width=width,
-        height=height,
+        width=image.width,
+        height=image.height,
     )
 
 
-class _ExtractFn(beam.DoFn):
-    """Builds the extractor once per DoFn instance: OpenCV objects are not picklable."""
+class ExtractorModelHandler(ModelHandler[DecodedImage, LocalFeatures | Failure, Extractor]):
+    """Beam `ModelHandler` whose model is the configured extractor.
+
+    Beam's stock TensorFlow handlers load through Keras, which cannot load DELF's SavedModel
+    under Keras 3; this handler only needs the extractor factory. `RunInference` keeps the
+    loaded extractor in a process-wide cache, so a DELF model is loaded once per worker
+    process, and batches are capped at `max_batch_size` images.
+    """
 
     def __init__(self, config: FeatureConfig) -> None:
+        super().__init__(min_batch_size=1, max_batch_size=config.max_batch_size)
         self._config = config
-        self._extractor: Extractor | None = None
 
-    def setup(self) -> None:
-        self._extractor = EXTRACTORS[self._config.extractor](self._config)
+    def load_model(self) -> Extractor:
+        return EXTRACTORS[self._config.extractor](self._config)
 
-    def process(self, image: DecodedImage) -> Iterator[LocalFeatures | Failure]:
-        assert self._extractor is not None
-        # time the work only: code after `yield` runs the fused downstream steps
-        with StageTimer(STAGE):
-            result = extract_features(image, self._extractor)
-        yield result
+    def run_inference(
+        self, batch: Sequence[DecodedImage], model: Extractor, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[LocalFeatures | Failure]:
+        """One result per image of `batch`, in order; a failing image does not affect the others."""
+        results: list[LocalFeatures | Failure] = []
+        for image in batch:
+            with StageTimer(STAGE):
+                result = extract_features(image, model)
+            if isinstance(result, LocalFeatures) and result.count == 0:
+                Metrics.counter(STAGE, "no_features").inc()
+            results.append(result)
+        return results
+
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+        # the stored JPEG: counting pixels would decode (and could fail) outside extract_features
+        return sum(len(image.jpeg) for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{STAGE}_inference"
 
 
 class ExtractFeatures(beam.PTransform):
-    """DecodedImage PCollection -> (LocalFeatures PCollection, Failure PCollection)."""
+    """DecodedImage PCollection -> (LocalFeatures PCollection, Failure PCollection).
+
+    The extraction runs under `RunInference`; with `gpu_accelerator` set, that step (and no
+    other step of the pipeline) carries the accelerator resource hint.
+    """
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
         self._config = config
 
     def expand(self, images: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        features = images | "Extract" >> beam.ParDo(_ExtractFn(self._config))
+        model = self._config.delf_model
+        # fail at submission, not on every worker after the images were fetched
+        is_path = not model.startswith(("http://", "https://"))
+        if self._config.extractor == "delf" and is_path and not FileSystems.exists(model):
+            raise ValueError(f"DELF model {model!r} does not exist")
+        inference = RunInference(ExtractorModelHandler(self._config))
+        if self._config.gpu_accelerator:
+            inference = inference.with_resource_hints(accelerator=self._config.gpu_accelerator)
+        features = images | "Extract" >> inference
         return route("RouteFeatures", features, STAGE)
