@@ -64,7 +64,8 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
     columns = TRAIN_COLUMNS if config.plan_only else None
     rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, columns))
     decoded, ingest_failures = build_ingest(pipeline, rows, config)
-    features, feature_failures = decoded | "ExtractFeatures" >> ExtractFeatures(config.features)
+    extract = ExtractFeatures(config.features, check_model=not config.plan_only)
+    features, feature_failures = decoded | "ExtractFeatures" >> extract
     pairs_by_block, needs = features | "GeneratePairs" >> GeneratePairs(config.pairs)
     pairs = {"features": features, "pairs": pairs_by_block, "needs": needs} | "VerifyPairs" >> VerifyPairs(
         config.verify

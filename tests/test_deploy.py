@@ -195,15 +195,39 @@ def test_template_arguments_become_curate_flags() -> None:
     assert from_template_args(argv) == ["--train-csv=gs://b/t.csv", "--retry-failed", "--temp_location=gs://b/t"]
 
 
-def test_launch_script_dry_run_submits_nothing_and_asks_for_no_job_wide_gpu(tmp_path: Path) -> None:
-    script = REPO / "deploy" / "dataflow" / "launch.sh"
-    assert "worker_accelerator" not in script.read_text()
+def _launch(tmp_path: Path, argv: list[str], **env_extra: str) -> dict:
+    """deploy/dataflow/launch.sh with DRY_RUN=1, run against this checkout; its plan."""
     wrapper = tmp_path / "gld"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pipeline.cli "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PROJECT": "my-project-123", "BUCKET": "my-bucket", "DRY_RUN": "1", "GLD": str(wrapper)}
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(["bash", str(script), *GS], env=env, capture_output=True, text=True, timeout=300)
+    env.update({"PYTHONPATH": str(REPO), **env_extra})
+    script = str(REPO / "deploy" / "dataflow" / "launch.sh")
+    done = subprocess.run(["bash", script, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    plan = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_launch_script_dry_run_submits_nothing_and_asks_for_no_job_wide_gpu(tmp_path: Path) -> None:
+    assert "worker_accelerator" not in (REPO / "deploy" / "dataflow" / "launch.sh").read_text()
+    plan = _launch(tmp_path, GS)
     assert plan["runner"] == "DataflowRunner" and plan["local_paths"] == []
+    assert not any(step["resource_hints"] for step in plan["steps"])
+
+
+def test_dry_run_puts_the_gpu_on_the_feature_step_alone(offline, capsys) -> None:
+    gpu = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    delf = ["--extractor", "delf", "--delf-model", "gs://my-bucket/models/delf", "--gpu-accelerator", gpu]
+    code, plan, _ = _plan([*GS, "--tar-dir", "gs://my-bucket/gldv2/tars", *delf, *DATAFLOW], capsys)
+    assert code == 0 and plan["runner"] == "DataflowRunner"
+    hinted = {step["name"]: step["resource_hints"] for step in plan["steps"] if step["resource_hints"]}
+    assert hinted == {"ExtractFeatures": {"accelerator": gpu}}
+
+
+def test_launch_script_with_a_gpu_hints_the_feature_step_only(tmp_path: Path) -> None:
+    gpu = "type:nvidia-l4;count:1;install-nvidia-driver"
+    argv = [*GS, "--extractor", "delf", "--delf-model", "gs://my-bucket/models/delf"]
+    plan = _launch(tmp_path, argv, GPU=gpu, WORKER_IMAGE="us-docker.pkg.dev/p/r/gld-worker:1")
+    assert {s["name"]: s["resource_hints"] for s in plan["steps"] if s["resource_hints"]} == {
+        "ExtractFeatures": {"accelerator": gpu}
+    }

@@ -244,18 +244,20 @@ class ExtractFeatures(beam.PTransform):
     """DecodedImage PCollection -> (LocalFeatures PCollection, Failure PCollection).
 
     The extraction runs under `RunInference`; with `gpu_accelerator` set, that step (and no
-    other step of the pipeline) carries the accelerator resource hint.
+    other step of the pipeline) carries the accelerator resource hint. `check_model=False`
+    skips the existence check of the DELF model (a plan built offline).
     """
 
-    def __init__(self, config: FeatureConfig) -> None:
+    def __init__(self, config: FeatureConfig, check_model: bool = True) -> None:
         super().__init__()
         self._config = config
+        self._check_model = check_model
 
     def expand(self, images: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         model = self._config.delf_model
         # fail at submission, not on every worker after the images were fetched
         is_path = not model.startswith(("http://", "https://"))
-        if self._config.extractor == "delf" and is_path and not FileSystems.exists(model):
+        if self._check_model and self._config.extractor == "delf" and is_path and not FileSystems.exists(model):
             raise ValueError(f"DELF model {model!r} does not exist")
         inference = RunInference(ExtractorModelHandler(self._config))
         if self._config.gpu_accelerator:
