@@ -1,9 +1,13 @@
 """Stage 6: geometric verification of candidate pairs (descriptor matching + RANSAC).
 
-Matching is one BLAS matmul of L2-normalised descriptors, a Lowe ratio test and a mutual
-nearest-neighbour check; RANSAC is OpenCV's (deterministic: it seeds its own generator).
-The mutual check matters: without it a few keypoints of one image can absorb dozens of
-matches, and a near-singular affine then "explains" them as inliers on unrelated images.
+Matching is one BLAS matmul of L2-normalised descriptors followed by any of: a Lowe ratio
+test, a mutual nearest-neighbour check and a distance bound. RANSAC is OpenCV's USAC
+framework configured as plain RANSAC (uniform sampling, inlier-count score, no local
+optimisation, no polishing) with an explicit seed, so results are reproducible and the
+`delf-reference` preset makes the same kind of decision as DELF's scikit-image RANSAC.
+The mutual check matters for the default: without it a few keypoints of one image can absorb
+dozens of matches, and a near-singular affine then "explains" them as inliers on unrelated
+images.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import cv2
 import numpy as np
+from apache_beam.metrics import Metrics
 
 from schemas.records import LocalFeatures, PairResult
 from schemas.vocabulary import Stage
@@ -22,14 +27,29 @@ from transforms.progress import StageTimer, tick
 
 STAGE = Stage.VERIFY.value
 
-MODELS = ("affine", "homography")
+#: Smallest number of putative matches each model is fitted on. Affine needs 3 points, but
+#: 3 matches always fit exactly, so like DELF's re-ranking code 0-3 matches never verify.
+MIN_MATCHES = {"affine": 4, "homography": 4, "fundamental": 8}
+
+# `PairResult.reason` values (pairs.parquet); "" means RANSAC ran.
+NO_FEATURES = "no_features"
+TOO_FEW_MATCHES = "too_few_matches"
+DEGENERATE_KEYPOINTS = "degenerate_keypoints"
+NO_MODEL = "no_model"
+
+# Matched points whose spread across their best-fit line is under this (pixels, standard
+# deviation) are identical or collinear: no affine/homography/fundamental model is determined.
+_MIN_SPREAD_PX = 1.0
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
     """`ratio`: Lowe ratio on descriptor distances (1.0 disables it); `mutual`: keep only
-    mutual nearest neighbours; `ransac_threshold`: max reprojection error in pixels of the
-    normalised image; `model`: affine (as DELF) or homography.
+    mutual nearest neighbours; `max_distance`: keep a nearest neighbour only when the L2
+    distance of the L2-normalised descriptors is below it (None disables it);
+    `ransac_threshold`: max reprojection error in pixels of the normalised image (for
+    `fundamental`, the distance to the epipolar line); `model`: affine (as DELF), homography or
+    fundamental; `seed`: the RANSAC random state.
 
     Defaults were chosen on real landmark photos (1024 px, 4000 RootSIFT): ratio 0.9 +
     mutual + affine 12 px verified the most true pairs while unrelated pairs stayed <= 12
@@ -37,20 +57,36 @@ class VerifyConfig:
 
     ratio: float = 0.9
     mutual: bool = True
+    max_distance: float | None = None
     model: str = "affine"
     ransac_threshold: float = 12.0
     ransac_iterations: int = 2000
     ransac_confidence: float = 0.999
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
             raise ValueError("ratio must be in (0, 1]")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}")
+        if self.max_distance is not None and not 0 < self.max_distance <= 2:
+            raise ValueError("max_distance must be in (0, 2] (unit vectors) or None")
+        if self.model not in MIN_MATCHES:
+            raise ValueError(f"model must be one of {tuple(MIN_MATCHES)}")
         if self.ransac_threshold <= 0 or self.ransac_iterations <= 0:
             raise ValueError("ransac_threshold and ransac_iterations must be > 0")
         if not 0 < self.ransac_confidence < 1:
             raise ValueError("ransac_confidence must be in (0, 1)")
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+
+
+def check_dimensions(desc_a: np.ndarray, desc_b: np.ndarray) -> None:
+    """Raise ValueError when the descriptor widths differ: features of two extractors were
+    mixed, a programming error that must stop the run rather than verify nothing."""
+    if desc_a.shape[1] != desc_b.shape[1]:
+        raise ValueError(
+            f"descriptor dimensions differ: {desc_a.shape[1]} vs {desc_b.shape[1]} "
+            "(features of different extractors cannot be matched)"
+        )
 
 
 def _normalised(descriptors: np.ndarray) -> np.ndarray:
@@ -59,13 +95,12 @@ def _normalised(descriptors: np.ndarray) -> np.ndarray:
 
 
 def putative_matches(desc_a: np.ndarray, desc_b: np.ndarray, config: VerifyConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (into a, into b) of matches passing the ratio and mutual tests, each [M] int.
+    """Indices (into a, into b) of the nearest neighbours in b of a's descriptors that pass
+    the enabled tests, each [M] int (M <= Na).
 
-    desc_a [Na, D], desc_b [Nb, D], any numeric dtype. Raises ValueError when D differs (a
-    programming error: features of two extractors were mixed).
+    desc_a [Na, D], desc_b [Nb, D], any numeric dtype. Raises ValueError when D differs.
     """
-    if desc_a.shape[1] != desc_b.shape[1]:
-        raise ValueError(f"descriptor dimensions differ: {desc_a.shape[1]} vs {desc_b.shape[1]}")
+    check_dimensions(desc_a, desc_b)
     empty = np.zeros(0, dtype=np.int64)
     if len(desc_a) == 0 or len(desc_b) == 0:
         return empty, empty
@@ -74,11 +109,13 @@ def putative_matches(desc_a: np.ndarray, desc_b: np.ndarray, config: VerifyConfi
     best = np.argmax(sim, axis=1)
     best_sim = sim[rows, best]
     keep = np.ones(len(rows), dtype=bool)
+    # squared L2 distance between unit vectors is 2 - 2 cos
+    if config.max_distance is not None:
+        keep &= (2.0 - 2.0 * best_sim) < config.max_distance**2
     if config.ratio < 1.0 and sim.shape[1] > 1:
         sim[rows, best] = -np.inf
         second_sim = sim.max(axis=1)
         sim[rows, best] = best_sim
-        # squared L2 distance between unit vectors is 2 - 2 cos
         keep &= (2.0 - 2.0 * best_sim) < config.ratio**2 * (2.0 - 2.0 * second_sim)
     if config.mutual:
         # column maxima via max() (vectorised) rather than argmax(axis=0) (slow, strided)
@@ -86,41 +123,67 @@ def putative_matches(desc_a: np.ndarray, desc_b: np.ndarray, config: VerifyConfi
     return rows[keep], best[keep]
 
 
+def _degenerate(points: np.ndarray) -> bool:
+    """True when points [M, 2] are (nearly) identical or collinear."""
+    centred = points - points.mean(axis=0)
+    smallest_variance = np.linalg.eigvalsh(centred.T @ centred / len(points))[0]
+    return bool(smallest_variance < _MIN_SPREAD_PX**2)
+
+
+def _usac_params(config: VerifyConfig) -> cv2.UsacParams:
+    """Plain seeded RANSAC inside OpenCV's USAC: uniform samples, score = inlier count, no
+    local optimisation or final polishing, single-threaded so the result is reproducible."""
+    params = cv2.UsacParams()
+    params.sampler = cv2.SAMPLING_UNIFORM
+    params.score = cv2.SCORE_METHOD_RANSAC
+    params.loMethod = cv2.LOCAL_OPTIM_NULL
+    params.final_polisher = cv2.NONE_POLISHER
+    params.isParallel = False
+    params.threshold = config.ransac_threshold
+    params.maxIterations = config.ransac_iterations
+    params.confidence = config.ransac_confidence
+    params.randomGeneratorState = config.seed
+    return params
+
+
+_ESTIMATORS = {
+    "affine": cv2.estimateAffine2D,
+    "homography": cv2.findHomography,
+    "fundamental": cv2.findFundamentalMat,
+}
+
+
+def ransac_inliers(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> tuple[int, str]:
+    """(inliers, reason) of the configured model fitted to matched points src, dst [M, 2].
+
+    Reasons: `too_few_matches` (M below the model's minimum), `degenerate_keypoints` (either
+    side identical or collinear), `no_model` (RANSAC found none); all with 0 inliers.
+    """
+    if len(src) < MIN_MATCHES[config.model]:
+        return 0, TOO_FEW_MATCHES
+    src = np.ascontiguousarray(src, dtype=np.float32)
+    dst = np.ascontiguousarray(dst, dtype=np.float32)
+    if _degenerate(src) or _degenerate(dst):
+        return 0, DEGENERATE_KEYPOINTS
+    model, mask = _ESTIMATORS[config.model](src, dst, _usac_params(config))
+    if model is None or mask is None or model.size == 0:
+        return 0, NO_MODEL
+    return int(np.count_nonzero(mask)), ""
+
+
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:
     """(num_matches, inliers, reason) for one pair; reason is "" when RANSAC ran.
 
-    Degenerate input never raises: fewer putative matches than the model needs gives
-    `too_few_matches`, a RANSAC that finds no model gives `no_model`, both with 0 inliers.
+    Degenerate input never raises: `no_features` when either image has none, else the
+    reasons of `ransac_inliers`, all with 0 inliers. Raises ValueError only when the
+    descriptor dimensions differ.
     """
+    check_dimensions(a.descriptors, b.descriptors)
+    if a.count == 0 or b.count == 0:
+        return 0, 0, NO_FEATURES
     idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
-    num_matches = len(idx_a)
-    needed = 3 if config.model == "affine" else 4
-    if num_matches < needed:
-        return num_matches, 0, "too_few_matches"
-    src = a.keypoints[idx_a].astype(np.float32)
-    dst = b.keypoints[idx_b].astype(np.float32)
-    if config.model == "affine":
-        model, mask = cv2.estimateAffine2D(
-            src,
-            dst,
-            method=cv2.RANSAC,
-            ransacReprojThreshold=config.ransac_threshold,
-            maxIters=config.ransac_iterations,
-            confidence=config.ransac_confidence,
-            refineIters=0,
-        )
-    else:
-        model, mask = cv2.findHomography(
-            src,
-            dst,
-            cv2.RANSAC,
-            config.ransac_threshold,
-            maxIters=config.ransac_iterations,
-            confidence=config.ransac_confidence,
-        )
-    if model is None or mask is None:
-        return num_matches, 0, "no_model"
-    return num_matches, int(mask.sum()), ""
+    inliers, reason = ransac_inliers(a.keypoints[idx_a], b.keypoints[idx_b], config)
+    return len(idx_a), inliers, reason
 
 
 def verify_result(landmark_id: int, a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> PairResult:
@@ -139,15 +202,26 @@ def _features_to_blocks(image_id: str, grouped: dict) -> Iterator[tuple[BlockKey
         yield key, features[0]
 
 
+def _feature_bytes(features: LocalFeatures) -> int:
+    return features.keypoints.nbytes + features.descriptors.nbytes + features.scales.nbytes + features.scores.nbytes
+
+
 class _VerifyBlockFn(beam.DoFn):
-    """Verifies every candidate pair of one block pair; holds <= 2 * block_size features."""
+    """Verifies every candidate pair of one block pair; holds <= 2 * block_size features.
+
+    Distributions `verify/block_feature_sets` and `verify/block_feature_bytes` record what
+    one call holds, the per-worker memory that stays flat however large a class is."""
 
     def __init__(self, config: VerifyConfig) -> None:
         self._config = config
+        self._held_sets = Metrics.distribution(STAGE, "block_feature_sets")
+        self._held_bytes = Metrics.distribution(STAGE, "block_feature_bytes")
 
     def process(self, element: tuple[BlockKey, dict]) -> Iterator[PairResult]:
         (landmark_id, _, _), grouped = element
         features = {f.id: f for f in grouped["features"]}
+        self._held_sets.update(len(features))
+        self._held_bytes.update(sum(_feature_bytes(f) for f in features.values()))
         for a, b in sorted(grouped["pairs"]):
             with StageTimer(STAGE):
                 result = verify_result(landmark_id, features[a], features[b], self._config)
