@@ -28,7 +28,7 @@ def _configure_logging() -> None:
 
 _configure_logging()
 
-from pipeline.config import PRESETS, build_config  # noqa: E402 - logging must be set before Beam is imported
+from pipeline.config import MATCHING_PRESETS, PRESETS, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
 def _curate_parser() -> argparse.ArgumentParser:
@@ -49,10 +49,18 @@ def _curate_parser() -> argparse.ArgumentParser:
     features.add_argument("--extractor", choices=["sift"], help="local feature extractor (default sift)")
     features.add_argument("--max-features", type=int, help="strongest keypoints kept per image (default 4000)")
     pairs = parser.add_argument_group("pairs and verification")
-    pairs.add_argument("--pairs", choices=["all", "random"], help="candidate pairs per class (default all)")
-    pairs.add_argument("--pairs-k", type=int, help="partners per image when a class is too large for all pairs")
+    pairs.add_argument(
+        "--pairs", choices=["all", "knn", "random"], help="candidate pairs per class (default all; knn above the cap)"
+    )
+    pairs.add_argument("--pairs-k", type=int, help="partners per image for knn/random (default 10)")
     pairs.add_argument("--max-class-for-all", type=int, help="largest class that gets all pairs (default 40)")
     pairs.add_argument("--seed", type=int, help="seed of pair sampling")
+    pairs.add_argument("--embedding-model", help="SavedModel (any Beam path) giving knn's global descriptor")
+    pairs.add_argument("--embedding-signature", help="its embedding signature (default serving_default)")
+    pairs.add_argument(
+        "--matching", default="default", choices=sorted(MATCHING_PRESETS), help="verification recipe preset"
+    )
+    pairs.add_argument("--ransac-model", choices=["affine", "homography", "fundamental"], help="default affine")
     pairs.add_argument("--ratio", type=float, help="Lowe ratio (default 0.9)")
     pairs.add_argument("--ransac-threshold", type=float, help="RANSAC reprojection threshold in px (default 12)")
     select = parser.add_argument_group("selection")
@@ -74,6 +82,9 @@ _OVERRIDES = {
     "pairs_k": ("pairs", "k"),
     "max_class_for_all": ("pairs", "max_class_for_all"),
     "seed": ("pairs", "seed"),
+    "embedding_model": ("pairs", "embedding_model"),
+    "embedding_signature": ("pairs", "embedding_signature"),
+    "ransac_model": ("verify", "model"),
     "ratio": ("verify", "ratio"),
     "ransac_threshold": ("verify", "ransac_threshold"),
     "min_inliers": ("select", "min_inliers"),
@@ -96,7 +107,12 @@ def curate_main(argv: list[str]) -> int:
     args, beam_args = _curate_parser().parse_known_args(argv)
     try:
         config = build_config(
-            args.train_csv, args.output, args.preset, overrides_from(args), progress=not args.no_progress
+            args.train_csv,
+            args.output,
+            args.preset,
+            overrides_from(args),
+            progress=not args.no_progress,
+            matching=args.matching,
         )
         run = run_curation(config, beam_args)
     except (ValueError, FileNotFoundError, OSError) as exc:

@@ -73,7 +73,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
     fetched, fetch_failures = rows | "FetchImages" >> FetchImages(config.fetch)
     decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
     features, feature_failures = decoded | "ExtractFeatures" >> ExtractFeatures(config.features)
-    pairs_by_block, needs = features | "GeneratePairs" >> GeneratePairs(config.pairs)
+    pairs_by_block, needs = {"features": features, "images": decoded} | "GeneratePairs" >> GeneratePairs(config.pairs)
     pairs = {"features": features, "pairs": pairs_by_block, "needs": needs} | "VerifyPairs" >> VerifyPairs(
         config.verify
     )
