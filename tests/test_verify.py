@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo_data import _texture
 from schemas.records import LocalFeatures, PairResult
+from transforms import verify
 from transforms.features import FeatureConfig, SiftExtractor
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs
 from transforms.verify import VerifyConfig, VerifyPairs, putative_matches, verify_pair, verify_result
@@ -361,3 +362,16 @@ def test_verify_pairs_transform(scene: tuple) -> None:
         pairs, needs = records | GeneratePairs(pair_config)
         results = {"features": records, "pairs": pairs, "needs": needs} | VerifyPairs(verify_config)
         assert_that(results, equal_to(expected))
+
+
+def test_putative_matches_in_row_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    a = _random_descriptors(rng, 300)
+    b = np.concatenate([a[:200], _random_descriptors(rng, 150)])[rng.permutation(350)]
+    config = VerifyConfig(max_distance=1.2)
+    whole = putative_matches(a, b, config)
+    monkeypatch.setattr(verify, "_MATCH_ROWS", 7)
+    blocks = putative_matches(a, b, config)
+    np.testing.assert_array_equal(whole[0], blocks[0])
+    np.testing.assert_array_equal(whole[1], blocks[1])
+    assert len(whole[0]) >= 200

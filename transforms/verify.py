@@ -41,6 +41,9 @@ NO_MODEL = "no_model"
 # deviation) are identical or collinear: no affine/homography/fundamental model is determined.
 _MIN_SPREAD_PX = 1.0
 
+#: Rows of the descriptor similarity matrix computed at once (see `putative_matches`).
+_MATCH_ROWS = 1024
+
 
 @dataclass(frozen=True)
 class VerifyConfig:
@@ -99,28 +102,39 @@ def putative_matches(desc_a: np.ndarray, desc_b: np.ndarray, config: VerifyConfi
     the enabled tests, each [M] int (M <= Na).
 
     desc_a [Na, D], desc_b [Nb, D], any numeric dtype. Raises ValueError when D differs.
+    The similarity matrix is built `_MATCH_ROWS` rows at a time: memory O(_MATCH_ROWS * Nb)
+    rather than Na * Nb (64 MiB at 4000 x 4000), and each block is reduced while in cache.
     """
     check_dimensions(desc_a, desc_b)
     empty = np.zeros(0, dtype=np.int64)
     if len(desc_a) == 0 or len(desc_b) == 0:
         return empty, empty
-    sim = _normalised(desc_a) @ _normalised(desc_b).T
-    rows = np.arange(sim.shape[0])
-    best = np.argmax(sim, axis=1)
-    best_sim = sim[rows, best]
-    keep = np.ones(len(rows), dtype=bool)
+    unit_a, unit_b_t = _normalised(desc_a), np.ascontiguousarray(_normalised(desc_b).T)
+    ratio_test = config.ratio < 1.0 and len(desc_b) > 1
+    best = np.empty(len(desc_a), np.int64)
+    best_sim = np.empty(len(desc_a), np.float32)
+    second_sim = np.empty(len(desc_a), np.float32)
+    column_max = np.full(len(desc_b), -np.inf, np.float32)
+    for start in range(0, len(desc_a), _MATCH_ROWS):
+        rows = slice(start, start + _MATCH_ROWS)
+        sim = unit_a[rows] @ unit_b_t
+        local = np.arange(len(sim))
+        best[rows] = np.argmax(sim, axis=1)
+        best_sim[rows] = sim[local, best[rows]]
+        if config.mutual:
+            np.maximum(column_max, sim.max(axis=0), out=column_max)
+        if ratio_test:
+            sim[local, best[rows]] = -np.inf
+            second_sim[rows] = sim.max(axis=1)
+    keep = np.ones(len(desc_a), dtype=bool)
     # squared L2 distance between unit vectors is 2 - 2 cos
     if config.max_distance is not None:
         keep &= (2.0 - 2.0 * best_sim) < config.max_distance**2
-    if config.ratio < 1.0 and sim.shape[1] > 1:
-        sim[rows, best] = -np.inf
-        second_sim = sim.max(axis=1)
-        sim[rows, best] = best_sim
+    if ratio_test:
         keep &= (2.0 - 2.0 * best_sim) < config.ratio**2 * (2.0 - 2.0 * second_sim)
     if config.mutual:
-        # column maxima via max() (vectorised) rather than argmax(axis=0) (slow, strided)
-        keep &= best_sim >= sim.max(axis=0)[best]
-    return rows[keep], best[keep]
+        keep &= best_sim >= column_max[best]
+    return np.flatnonzero(keep), best[keep]
 
 
 def _degenerate(points: np.ndarray) -> bool:
