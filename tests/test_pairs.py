@@ -183,9 +183,16 @@ def _check_plan(landmark_id: int, members: list, config: PairConfig) -> tuple[li
 
     pairs = [pair for _, pair in main]
     assert pairs == candidate_pairs(landmark_id, ids, config, descriptors)
+    # every id sits in one block that all its keys name; no block holds more than block_size
+    block_choices: dict[str, set[int]] = {}
     for key, (a, b) in main:
-        assert key == (landmark_id, block_of[a], block_of[b])
-        assert key[1] <= key[2]
+        assert key[0] == landmark_id and key[1] <= key[2]
+        if config.mode != "knn":  # knn cuts blocks from its locality order instead
+            assert key == (landmark_id, block_of[a], block_of[b])
+        for image_id in (a, b):
+            block_choices[image_id] = block_choices.get(image_id, {key[1], key[2]}) & {key[1], key[2]}
+    assert all(block_choices.values())
+    assert max(Counter(min(blocks) for blocks in block_choices.values()).values()) <= config.block_size
 
     expected_needs = {(a, key) for key, (a, _) in main} | {(b, key) for key, (_, b) in main}
     assert needs == sorted(expected_needs), "each (id, block key) exactly once, sorted"
@@ -257,6 +264,22 @@ def _features(image_id: str, landmark_id: int, line: int, descriptors: np.ndarra
         width=10,
         height=10,
     )
+
+
+def test_knn_blocks_follow_neighbourhoods() -> None:
+    """64 groups of 8 near-identical descriptors: knn pairs stay inside a group, and blocks cut
+    from the locality order keep whole groups together, so every image's features travel to
+    one block pair only (in id order they would travel to ~7)."""
+    rng = np.random.default_rng(3)
+    ids = _ids(512, seed=9)
+    centres = rng.standard_normal((64, 16))
+    members = [
+        (image_id, (centres[i % 64] + rng.normal(0, 0.01, 16)).astype(np.float32)) for i, image_id in enumerate(ids)
+    ]
+    main, needs = _check_plan(3, members, PairConfig(mode="knn", k=7, block_size=32))
+    assert len(main) == 64 * 28, "exactly the pairs inside each group"
+    assert {key[1] == key[2] for key, _ in main} == {True}
+    assert len(needs) == len(ids)
 
 
 def test_members_by_class() -> None:

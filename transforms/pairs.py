@@ -15,6 +15,7 @@ class, and about 2k on average in random mode (its own k partners plus those tha
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -72,11 +73,55 @@ def _random_partners(landmark_id: int, n: int, config: PairConfig) -> np.ndarray
     return (np.arange(n)[:, None] + offsets) % n
 
 
+def locality_order(partners: np.ndarray) -> list[int]:
+    """Positions 0..n-1 in breadth-first order of the partner graph partners [n, k], restarting
+    from the lowest unvisited position: partners end up close together in the order."""
+    seen = np.zeros(len(partners), dtype=bool)
+    order: list[int] = []
+    for root in range(len(partners)):
+        if seen[root]:
+            continue
+        seen[root] = True
+        queue = deque([root])
+        while queue:
+            i = queue.popleft()
+            order.append(i)
+            for j in partners[i]:
+                if not seen[j]:
+                    seen[j] = True
+                    queue.append(int(j))
+    return order
+
+
+def _plan(
+    landmark_id: int, ids: list[str], config: PairConfig, descriptors: dict[str, np.ndarray | None] | None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(sorted pairs, ids in block order) of a class; see `candidate_pairs`."""
+    ids = sorted(set(ids))
+    n = len(ids)
+    if n < 2:
+        return [], ids
+    if config.mode == "all" and n <= config.max_class_for_all:
+        return [(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)], ids
+    if config.mode == "random":
+        partners = _random_partners(landmark_id, n, config)
+        order = list(range(n))
+    else:
+        if descriptors is None or any(descriptors.get(image_id) is None for image_id in ids):
+            raise ValueError(f"pairs mode {config.mode!r} needs a global descriptor for every image")
+        partners = nearest_neighbours(np.stack([descriptors[image_id] for image_id in ids]), config.k)
+        # neighbours of similar images overlap: blocks cut from this order keep most pairs
+        # inside few block pairs, so each image's features are shuffled fewer times
+        order = locality_order(partners)
+    chosen = {(min(i, int(j)), max(i, int(j))) for i in range(n) for j in partners[i]}
+    return [(ids[i], ids[j]) for i, j in sorted(chosen)], [ids[i] for i in order]
+
+
 def candidate_pairs(
     landmark_id: int,
     ids: list[str],
     config: PairConfig,
-    descriptors: dict[str, np.ndarray] | None = None,
+    descriptors: dict[str, np.ndarray | None] | None = None,
 ) -> list[tuple[str, str]]:
     """Sorted, de-duplicated pairs (a, b) with a < b among `ids` (a class's image ids).
 
@@ -84,20 +129,7 @@ def candidate_pairs(
     above the cap) and raises ValueError without them. Deterministic for a given
     (ids, descriptors, config): the order of `ids` does not matter.
     """
-    ids = sorted(set(ids))
-    n = len(ids)
-    if n < 2:
-        return []
-    if config.mode == "all" and n <= config.max_class_for_all:
-        return [(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)]
-    if config.mode == "random":
-        partners = _random_partners(landmark_id, n, config)
-    else:
-        if descriptors is None or any(descriptors.get(image_id) is None for image_id in ids):
-            raise ValueError(f"pairs mode {config.mode!r} needs a global descriptor for every image")
-        partners = nearest_neighbours(np.stack([descriptors[image_id] for image_id in ids]), config.k)
-    chosen = {(min(i, int(j)), max(i, int(j))) for i in range(n) for j in partners[i]}
-    return [(ids[i], ids[j]) for i, j in sorted(chosen)]
+    return _plan(landmark_id, ids, config, descriptors)[0]
 
 
 Member = tuple[str, np.ndarray | None]  # (image id, global descriptor or None)
@@ -107,14 +139,17 @@ def plan_class(
     landmark_id: int, members: Iterable[str | Member], config: PairConfig = PairConfig()
 ) -> Iterator[tuple[BlockKey, tuple[str, str]] | beam.pvalue.TaggedOutput]:
     """Main output: (block key, pair); tag `needs`: (image id, block key) once per block pair
-    that needs that image's features. `members` are ids, or (id, global descriptor) pairs."""
+    that needs that image's features. `members` are ids, or (id, global descriptor) pairs.
+
+    Blocks are cut from the sorted ids, or for knn from `locality_order`; a key names its
+    two blocks in increasing order."""
     members = [(m, None) if isinstance(m, str) else m for m in members]
     descriptors = {image_id: vector for image_id, vector in members}
-    ids = sorted(descriptors)
-    block_of = {image_id: i // config.block_size for i, image_id in enumerate(ids)}
+    pairs, order = _plan(landmark_id, list(descriptors), config, descriptors)
+    block_of = {image_id: i // config.block_size for i, image_id in enumerate(order)}
     needs: set[tuple[str, BlockKey]] = set()
-    for a, b in candidate_pairs(landmark_id, ids, config, descriptors):
-        key = (landmark_id, block_of[a], block_of[b])
+    for a, b in pairs:
+        key = (landmark_id, *sorted((block_of[a], block_of[b])))
         needs.add((a, key))
         needs.add((b, key))
         tick(STAGE, "candidate_pairs")
