@@ -44,12 +44,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDMARK = 7
 
 
-def synthetic_features(image_id: str, count: int) -> LocalFeatures:
+def synthetic_features(image_id: str, count: int, groups: int) -> LocalFeatures:
     """Deterministic features of one image: uint8 descriptors [count, 128], keypoints in 1024x768;
-    images of one group of 10 share a third of their descriptors, so knn has real neighbours."""
+    images of one of `groups` groups share a third of their descriptors, so knn has real neighbours."""
     seed = int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
-    shared = np.random.default_rng(int(image_id, 16) // 10).integers(0, 256, (count // 3, 128), dtype=np.uint8)
+    # the group follows from a hash, not the id's rank: real ids are random, so sorted ids have
+    # no locality of their own
+    group = seed % groups
+    shared = np.random.default_rng(group).integers(0, 256, (count // 3, 128), dtype=np.uint8)
     own = rng.integers(0, 256, (count - len(shared), 128), dtype=np.uint8)
     return LocalFeatures(
         id=image_id,
@@ -77,7 +80,7 @@ def run_one(images: int, k: int, features: int) -> dict:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     ids = [f"{i:016x}" for i in range(images)]
-    records = pipeline | beam.Create(ids) | beam.Map(synthetic_features, count=features)
+    records = pipeline | beam.Create(ids) | beam.Map(synthetic_features, count=features, groups=max(1, images // 10))
     pairs, needs = records | GeneratePairs(PairConfig(mode="knn", k=k))
     _ = {"features": records, "pairs": pairs, "needs": needs} | VerifyPairs(VerifyConfig())
     result = pipeline.run()
