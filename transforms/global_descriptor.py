@@ -112,7 +112,14 @@ class SavedModelEmbedder:
 
         self._tf = tf
         self._local = tempfile.mkdtemp(prefix="gld-embedding-")
-        loaded = tf.saved_model.load(copy_to_local(path, self._local))
+        try:
+            self._open(path, signature)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: str, signature: str) -> None:
+        loaded = self._tf.saved_model.load(copy_to_local(path, self._local))
         if signature not in loaded.signatures:
             raise ValueError(f"SavedModel {path!r} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
         self._loaded = loaded  # the signature's variables live as long as the loaded object
