@@ -32,6 +32,7 @@ MATCHING_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "model": "affine",
             "ransac_threshold": 20.0,
             "ransac_iterations": 1000,
+            "local_optimisation": False,
         }
     },
 }

@@ -29,6 +29,7 @@ def test_delf_reference_preset_is_the_official_recipe() -> None:
     verify = build_config("t.csv", "o", overrides=overrides, matching=matching).verify
     assert (verify.ratio, verify.mutual, verify.max_distance) == (1.0, False, 0.8)
     assert (verify.model, verify.ransac_threshold, verify.ransac_iterations) == ("affine", 20.0, 1000)
+    assert not verify.local_optimisation
     assert build_config("t.csv", "o", matching="delf-reference").matching == "delf-reference"
 
 

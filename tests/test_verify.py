@@ -375,3 +375,11 @@ def test_putative_matches_in_row_blocks_equal_one_block(monkeypatch: pytest.Monk
     np.testing.assert_array_equal(whole[0], blocks[0])
     np.testing.assert_array_equal(whole[1], blocks[1])
     assert len(whole[0]) >= 200
+
+
+def test_local_optimisation_finds_at_least_the_plain_inliers(real_features: list[LocalFeatures]) -> None:
+    a, b, c = real_features
+    plain = verify_pair(a, c, VerifyConfig(local_optimisation=False))
+    optimised = verify_pair(a, c, VerifyConfig())
+    assert optimised[0] == plain[0] and optimised[1] >= plain[1]
+    assert verify_pair(a, b, VerifyConfig())[1] < 30

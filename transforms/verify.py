@@ -2,9 +2,11 @@
 
 Matching is one BLAS matmul of L2-normalised descriptors followed by any of: a Lowe ratio
 test, a mutual nearest-neighbour check and a distance bound. RANSAC is OpenCV's USAC
-framework configured as plain RANSAC (uniform sampling, inlier-count score, no local
-optimisation, no polishing) with an explicit seed, so results are reproducible and the
-`delf-reference` preset makes the same kind of decision as DELF's scikit-image RANSAC.
+framework with an explicit seed, so results are reproducible: uniform sampling, inlier-count
+score, no polishing, and by default inner local optimisation (each new best model is re-fitted
+on its inliers, which recovers the inliers a minimal sample misses on true pairs); the
+`delf-reference` preset turns it off to make the same kind of decision as DELF's
+scikit-image RANSAC.
 The mutual check matters for the default: without it a few keypoints of one image can absorb
 dozens of matches, and a near-singular affine then "explains" them as inliers on unrelated
 images.
@@ -41,6 +43,9 @@ NO_MODEL = "no_model"
 # deviation) are identical or collinear: no affine/homography/fundamental model is determined.
 _MIN_SPREAD_PX = 1.0
 
+# Inner local optimisation: re-fits of a new best model, each on this many of its inliers.
+_LO_ITERATIONS, _LO_SAMPLE_SIZE = 10, 14
+
 #: Rows of the descriptor similarity matrix computed at once (see `putative_matches`).
 _MATCH_ROWS = 1024
 
@@ -52,11 +57,13 @@ class VerifyConfig:
     distance of the L2-normalised descriptors is below it (None disables it);
     `ransac_threshold`: max reprojection error in pixels of the normalised image (for
     `fundamental`, the distance to the epipolar line); `model`: affine (as DELF), homography or
-    fundamental; `seed`: the RANSAC random state.
+    fundamental; `local_optimisation`: LO-RANSAC (re-fit each new best model on its inliers);
+    `seed`: the RANSAC random state.
 
     Defaults were chosen on real landmark photos (1024 px, 4000 RootSIFT): ratio 0.9 +
     mutual + affine 12 px verified the most true pairs while unrelated pairs stayed <= 12
-    inliers, far from the 30-inlier edge threshold."""
+    inliers, far from the 30-inlier edge threshold; local optimisation verified 8 of the 19
+    true pairs there instead of 7, unrelated pairs still <= 12."""
 
     ratio: float = 0.9
     mutual: bool = True
@@ -65,6 +72,7 @@ class VerifyConfig:
     ransac_threshold: float = 12.0
     ransac_iterations: int = 2000
     ransac_confidence: float = 0.999
+    local_optimisation: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -145,12 +153,14 @@ def _degenerate(points: np.ndarray) -> bool:
 
 
 def _usac_params(config: VerifyConfig) -> cv2.UsacParams:
-    """Plain seeded RANSAC inside OpenCV's USAC: uniform samples, score = inlier count, no
-    local optimisation or final polishing, single-threaded so the result is reproducible."""
+    """Seeded RANSAC inside OpenCV's USAC: uniform samples, score = inlier count, optional inner
+    local optimisation, no final polishing, single-threaded so the result is reproducible."""
     params = cv2.UsacParams()
     params.sampler = cv2.SAMPLING_UNIFORM
     params.score = cv2.SCORE_METHOD_RANSAC
-    params.loMethod = cv2.LOCAL_OPTIM_NULL
+    params.loMethod = cv2.LOCAL_OPTIM_INNER_LO if config.local_optimisation else cv2.LOCAL_OPTIM_NULL
+    params.loIterations = _LO_ITERATIONS
+    params.loSampleSize = _LO_SAMPLE_SIZE
     params.final_polisher = cv2.NONE_POLISHER
     params.isParallel = False
     params.threshold = config.ransac_threshold
