@@ -5,11 +5,12 @@ Pairs (`mode`): `all` pairs while a class has at most `max_class_for_all` images
 descriptor (`transforms.global_descriptor`; symmetric pairs counted once); `random` with `k`
 seeded random partners. Above the cap a class costs at most n*k pairs, never O(n^2).
 
-Blocks: a class's sorted ids are cut into blocks of `block_size`; each candidate pair belongs
-to the block pair (block of a, block of b). Verification groups one block pair at a time, so a
-worker holds at most 2 * block_size feature sets however large the class, and each image's
-features are shuffled once per block pair that needs them: at most the number of blocks of its
-class, and about 2k on average in random mode (its own k partners plus those that chose it).
+Blocks: a class's sorted ids (for knn: its ids in `locality_order`, so neighbourhoods share
+blocks) are cut into blocks of `block_size`; each candidate pair belongs to the block pair of
+its two images. Verification groups one block pair at a time, so a worker holds at most
+2 * block_size feature sets however large the class, and each image's features are shuffled
+once per block pair that needs them: at most the number of blocks of its class, and about 2k
+on average in random mode (its own k partners plus those that chose it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transforms.progress import tick
 STAGE = "pairs"
 MODES = ("all", "knn", "random")
 
-BlockKey = tuple[int, int, int]  # (landmark_id, block of id_a, block of id_b)
+BlockKey = tuple[int, int, int]  # (landmark_id, lower block, higher block) of a pair's images
 
 
 @dataclass(frozen=True)
