@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
-    "apache-beam>=2.77,<2.78",
+    "apache-beam[gcp]>=2.77,<2.78",  # [gcp]: gs:// paths and DataflowRunner
     "tensorflow>=2.21,<2.22",
     "tensorflow-hub>=0.16.1,<0.17",
     "tf-keras>=2.21,<2.22",

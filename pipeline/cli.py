@@ -28,23 +28,53 @@ def _configure_logging() -> None:
 
 _configure_logging()
 
-from pipeline.config import MATCHING_PRESETS, PRESETS, build_config  # noqa: E402 - logging must be set before Beam is imported
+from pipeline.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+
+
+def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-csv", required=True, help="manifest with columns id,url,landmark_id (any Beam path)")
+    parser.add_argument("--output", required=True, help="output folder (any Beam path); re-runs reuse its images")
+    fetch = parser.add_argument_group("ingest")
+    fetch.add_argument("--images-dir", help="read <dir>/a/b/c/<id>.jpg instead of downloading the urls")
+    fetch.add_argument("--tar-dir", help="read the official images_NNN.tar shards (and md5 files) here")
+    fetch.add_argument("--retry-failed", action="store_true", help="fetch again the rows an earlier run failed on")
+    fetch.add_argument("--allow-private-hosts", action="store_true", help="allow loopback/private hosts (tests, demo)")
+    fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes (default 30 MiB)")
+    fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
+    fetch.add_argument("--jpeg-quality", type=int, help="quality of the stored JPEG (default 90)")
+    fetch.add_argument("--fetch-threads", type=int, help="concurrent downloads per worker (default 16)")
+    fetch.add_argument("--max-per-host", type=int, help="concurrent requests to one host per worker (default 8)")
+    fetch.add_argument("--per-host-rps", type=float, help="request starts per second per host and worker (0: no cap)")
+    fetch.add_argument("--user-agent", help="User-Agent header sent with every request")
+    fetch.add_argument("--timeout", type=float, help="total seconds for one image, retries included (default 60)")
+    fetch.add_argument("--retries", type=int, help="retries on connection errors, 429 and 5xx (default 2)")
+    fetch.add_argument(
+        "--store-part-rows", type=int, help="images per store part; smaller parts lose less when a run is killed"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def _ingest_parser(prog: str = "gld ingest", description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description
+        or "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
+        "--output reuses them. Unknown flags go to Beam.",
+    )
+    _add_ingest_flags(parser)
+    return parser
 
 
 def _curate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gld curate",
-        description="Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
+    parser = _ingest_parser(
+        "gld curate",
+        "Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
     )
-    parser.add_argument("--train-csv", required=True, help="manifest with columns id,url,landmark_id (any Beam path)")
-    parser.add_argument("--output", required=True, help="output folder (any Beam path)")
     parser.add_argument("--preset", default="gldv2-components", choices=sorted(PRESETS))
-    fetch = parser.add_argument_group("ingest")
-    fetch.add_argument("--images-dir", help="read <dir>/a/b/c/<id>.jpg instead of downloading the urls")
-    fetch.add_argument("--allow-private-hosts", action="store_true", help="allow loopback/private hosts (tests, demo)")
-    fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes")
-    fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"
+    )
     features = parser.add_argument_group("features")
     features.add_argument("--extractor", choices=["sift"], help="local feature extractor (default sift)")
     features.add_argument("--max-features", type=int, help="strongest keypoints kept per image (default 4000)")
@@ -66,16 +96,34 @@ def _curate_parser() -> argparse.ArgumentParser:
     select = parser.add_argument_group("selection")
     select.add_argument("--min-inliers", type=int, help="inliers that make a verified edge (default 30)")
     select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
+    select.add_argument(
+        "--keep-largest-component", action="store_true", help="components policy: keep only a class's largest"
+    )
+    select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
+    select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
+    parser.add_argument(
+        "--no-audit", action="store_true", help="skip the label-noise audit (audit.parquet stays empty)"
+    )
     return parser
 
 
 # flag attribute -> (stage, config field)
 _OVERRIDES = {
     "images_dir": ("fetch", "images_dir"),
+    "tar_dir": ("fetch", "tar_dir"),
+    "retry_failed": ("fetch", "retry_failed"),
     "allow_private_hosts": ("fetch", "allow_private_hosts"),
     "max_image_bytes": ("fetch", "max_bytes"),
+    "fetch_threads": ("fetch", "threads"),
+    "max_per_host": ("fetch", "max_per_host"),
+    "per_host_rps": ("fetch", "per_host_rps"),
+    "user_agent": ("fetch", "user_agent"),
+    "timeout": ("fetch", "total_timeout_s"),
+    "retries": ("fetch", "retries"),
     "max_side": ("decode", "max_side"),
+    "jpeg_quality": ("decode", "jpeg_quality"),
+    "store_part_rows": ("store", "part_rows"),
     "extractor": ("features", "extractor"),
     "max_features": ("features", "max_features"),
     "pairs": ("pairs", "mode"),
@@ -89,31 +137,55 @@ _OVERRIDES = {
     "ransac_threshold": ("verify", "ransac_threshold"),
     "min_inliers": ("select", "min_inliers"),
     "min_component_size": ("select", "min_component_size"),
+    "policy": ("select", "policy"),
+    "keep_largest_component": ("select", "largest_component_only"),
+    "min_degree": ("select", "min_degree"),
+    "min_class_size": ("select", "min_class_size"),
 }
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     for attr, (stage, name) in _OVERRIDES.items():
-        value = getattr(args, attr)
+        value = getattr(args, attr, None)
         if value is not None and value is not False:
             overrides.setdefault(stage, {})[name] = value
     return overrides
+
+
+def _dry_run(config: CurateConfig, beam_args: list[str]) -> int:
+    from pipeline.plan import plan_curation
+
+    plan = plan_curation(config, beam_args)
+    if plan["job_wide_accelerator"]:
+        print(
+            f"gld curate: {plan['job_wide_accelerator']} would put a GPU on every worker; "
+            "use --gpu-accelerator, which puts it on the feature step only",
+            file=sys.stderr,
+        )
+    if plan["local_paths"]:
+        print(
+            f"gld curate: {', '.join(plan['local_paths'])} are local paths, which {plan['runner']} workers "
+            "cannot reach: use gs:// paths",
+            file=sys.stderr,
+        )
+    print(json.dumps(plan))
+    return 1 if plan["job_wide_accelerator"] or plan["local_paths"] else 0
 
 
 def curate_main(argv: list[str]) -> int:
     from pipeline.curate import run_curation
 
     args, beam_args = _curate_parser().parse_known_args(argv)
+    overrides = overrides_from(args)
+    if args.no_audit:
+        overrides.setdefault("audit", {})["enabled"] = False
     try:
         config = build_config(
-            args.train_csv,
-            args.output,
-            args.preset,
-            overrides_from(args),
-            progress=not args.no_progress,
-            matching=args.matching,
+            args.train_csv, args.output, args.preset, overrides, progress=not args.no_progress, matching=args.matching
         )
+        if args.dry_run:
+            return _dry_run(config, beam_args)
         run = run_curation(config, beam_args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"gld curate: error: {exc}", file=sys.stderr)
@@ -123,6 +195,22 @@ def curate_main(argv: list[str]) -> int:
         json.dumps({"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]})
     )
     return 0 if counts["accounting_ok"] else 1
+
+
+def ingest_main(argv: list[str]) -> int:
+    from pipeline.ingest import run_ingest
+
+    args, beam_args = _ingest_parser().parse_known_args(argv)
+    try:
+        overrides = overrides_from(args)
+        config = build_config(args.train_csv, args.output, overrides=overrides, progress=not args.no_progress)
+        stats = run_ingest(config, beam_args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"gld ingest: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {key: stats[key] for key in ("rows", "stored", "reused", "failed_total", "images_per_s", "accounting_ok")}
+    print(json.dumps({"output": args.output, **summary}))
+    return 0 if stats["accounting_ok"] else 1
 
 
 def demo_main(argv: list[str]) -> int:
@@ -138,7 +226,7 @@ def demo_main(argv: list[str]) -> int:
     print(f"rows {counts['rows']}: {counts['by_status']}")
     for key, value in counts["by_reason"].items():
         print(f"  {key:40s} {value}")
-    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions.parquet, pairs.parquet, run.json)")
+    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions, pairs, audit, report.html, run.json)")
     print(
         f"against the truth: kept {score.kept}, precision {score.precision:.3f}, recall {score.recall:.3f}, "
         f"noise kept {score.noise_kept}, broken rows failed {score.broken_failed:.0%}; "
@@ -158,7 +246,75 @@ def demo_main(argv: list[str]) -> int:
     return 0 if counts["accounting_ok"] else 1
 
 
-COMMANDS = {"curate": curate_main, "demo": demo_main}
+def compare_main(argv: list[str]) -> int:
+    from pipeline.compare import agreement, class_disagreements, format_table, read_split
+
+    parser = argparse.ArgumentParser(
+        prog="gld compare",
+        description="Agreement of two train_clean.csv splits: one JSON line on stdout, then the classes "
+        "that disagree most as a table on stderr.",
+    )
+    parser.add_argument("--clean", required=True, help="our train_clean.csv (precision is over it)")
+    parser.add_argument("--reference", required=True, help="reference train_clean.csv (recall is over it)")
+    parser.add_argument("--top", type=int, default=20, help="classes listed in the table")
+    args = parser.parse_args(argv)
+    try:
+        ours, ref = read_split(args.clean), read_split(args.reference)
+    except (ValueError, OSError) as exc:
+        print(f"gld compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(agreement(ours, ref), sort_keys=True))
+    sys.stdout.flush()
+    print(format_table(class_disagreements(ours, ref, args.top)), file=sys.stderr)
+    return 0
+
+
+def audit_main(argv: list[str]) -> int:
+    from pipeline.report import build_report
+
+    parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
+    parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.output)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"gld audit: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"report": path}))
+    return 0
+
+
+def curate_flags() -> frozenset[str]:
+    """The long options of `gld curate` (e.g. `--train-csv`)."""
+    parser = _curate_parser()
+    return frozenset(s for action in parser._actions for s in action.option_strings if s.startswith("--"))
+
+
+def from_template_args(argv: list[str]) -> list[str]:
+    """Dataflow flex templates pass parameters as `--name=value` with underscores; turn those
+    naming a `gld curate` flag into its hyphenated spelling, leave Beam's options as they are,
+    and drop boolean flags passed as `=false`."""
+    flags = curate_flags()
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        hyphenated = name.replace("_", "-")
+        if not name.startswith("--") or hyphenated not in flags:
+            out.append(arg)
+        elif value.lower() in ("true", "false") and sep:
+            out += [hyphenated] if value.lower() == "true" else []
+        else:
+            out.append(f"{hyphenated}{sep}{value}")
+    return out
+
+
+COMMANDS = {
+    "ingest": ingest_main,
+    "curate": curate_main,
+    "demo": demo_main,
+    "compare": compare_main,
+    "audit": audit_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

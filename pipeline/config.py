@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from transforms.audit import AuditConfig
 from transforms.decode import DecodeConfig
 from transforms.features import FeatureConfig
 from transforms.fetch import FetchConfig
+from transforms.image_store import StoreConfig
 from transforms.pairs import PairConfig
 from transforms.select import SelectConfig
 from transforms.verify import VerifyConfig
@@ -17,6 +19,13 @@ from transforms.verify import VerifyConfig
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Connected components of the >= 30-inlier graph (this project's default rule).
     "gldv2-components": {"select": {"min_inliers": 30, "min_component_size": 2}},
+    # Team smlyaka's rule that made GLDv2-train-clean: >= 3 pairs of >= 30 inliers per image, then
+    # classes of >= 2 survivors; up to 100 candidates per image; affine RANSAC, 20 px, 1000 trials.
+    "gldv2-official": {
+        "pairs": {"k": 100},
+        "verify": {"model": "affine", "ransac_threshold": 20.0, "ransac_iterations": 1000},
+        "select": {"policy": "degree", "min_inliers": 30, "min_degree": 3, "min_class_size": 2},
+    },
 }
 
 #: `--matching` presets fill verification settings over the preset; explicit flags override them.
@@ -48,11 +57,15 @@ class CurateConfig:
     matching: str = "default"
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     progress: bool = True
+    #: Build the graph only, touching no input or output (`gld curate --dry-run`).
+    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.train_csv or not self.output:
@@ -69,10 +82,12 @@ class CurateConfig:
 STAGE_CONFIGS = {
     "fetch": FetchConfig,
     "decode": DecodeConfig,
+    "store": StoreConfig,
     "features": FeatureConfig,
     "pairs": PairConfig,
     "verify": VerifyConfig,
     "select": SelectConfig,
+    "audit": AuditConfig,
 }
 
 

@@ -7,7 +7,9 @@ exactly one outcome in `decisions.parquet`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import cv2
 import numpy as np
 
 from schemas.vocabulary import FAILURE_REASONS, Reason, Stage, Status
@@ -54,19 +56,34 @@ class FetchedImage:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A decoded, normalised image.
+    """A normalised image as the image store keeps it.
 
-    `pixels` is uint8 RGB [H, W, 3] with the longest side at most the configured size;
-    `jpeg` is those pixels re-encoded (what the image store keeps).
+    `jpeg` is the normalised image (longest side at most the configured size), `width` x
+    `height` its size; `original_*` and `sha256` describe the fetched bytes. `pixels` (uint8 RGB
+    [height, width, 3]) is decoded from `jpeg` on first use, so features computed from a fresh
+    download and from the store of an earlier run are the same, and records that never need
+    pixels (ingest only) never pay for them.
     """
 
     row: ManifestRow
-    pixels: np.ndarray = field(repr=False)
     jpeg: bytes = field(repr=False)
+    width: int
+    height: int
     original_width: int
     original_height: int
     original_bytes: int
     sha256: str
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        bgr = cv2.imdecode(np.frombuffer(self.jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"image {self.row.id}: stored JPEG does not decode")
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+
+    def __getstate__(self) -> dict:
+        # Ship the JPEG, never the decoded pixels, between workers.
+        return {k: v for k, v in self.__dict__.items() if k != "pixels"}
 
 
 @dataclass(frozen=True)
@@ -155,3 +172,22 @@ class ImageDecision:
             if failure.url and failure.stage == Stage.FETCH
             else failure.detail,
         )
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """One label-noise finding of the audit (a row of `audit.parquet`).
+
+    `kind` is `cross_class_match` (score = RANSAC inliers between images of two classes),
+    `exact_duplicate` (same bytes; score = copies), `near_duplicate` (score = perceptual-hash
+    Hamming distance) or `split_class` (ids empty, landmark_b = -1; score = number of large
+    components of class landmark_a).
+    """
+
+    kind: str
+    landmark_a: int
+    id_a: str
+    landmark_b: int
+    id_b: str
+    score: int
+    detail: str = ""

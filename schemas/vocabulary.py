@@ -33,9 +33,13 @@ class Reason(str, Enum):
 
     # kept
     VERIFIED_COMPONENT = "verified_component"
+    VERIFIED_DEGREE = "verified_degree"
     # removed by the selection rule
     NO_VERIFIED_PAIR = "no_verified_pair"
     SMALL_COMPONENT = "small_component"
+    NOT_LARGEST_COMPONENT = "not_largest_component"
+    LOW_DEGREE = "low_degree"
+    CLASS_TOO_SMALL = "class_too_small"
     # manifest failures
     MALFORMED_ROW = "malformed_row"
     MISSING_COLUMN = "missing_column"
@@ -54,6 +58,10 @@ class Reason(str, Enum):
     TOO_LARGE = "too_large"
     MISSING_FILE = "missing_file"
     READ_ERROR = "read_error"
+    # fetch failures, tar shards (--tar-dir)
+    MD5_MISMATCH = "md5_mismatch"
+    MD5_MISSING = "md5_missing"
+    UNSAFE_PATH = "unsafe_path"
     # decode failures
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED = "truncated"
@@ -88,6 +96,9 @@ FAILURE_REASONS: dict[Stage, frozenset[Reason]] = {
             Reason.TOO_LARGE,
             Reason.MISSING_FILE,
             Reason.READ_ERROR,
+            Reason.MD5_MISMATCH,
+            Reason.MD5_MISSING,
+            Reason.UNSAFE_PATH,
         }
     ),
     Stage.DECODE: frozenset(

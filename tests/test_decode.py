@@ -19,7 +19,7 @@ from PIL import Image, ImageFile, features
 
 from schemas.records import DecodedImage, Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.decode import DecodeConfig, DecodeImages, decode_image, shrink
+from transforms.decode import DecodeConfig, DecodeImages, Normalised, decode_image, normalise, shrink
 
 ROW = ManifestRow(line=3, id="0123456789abcdef", url="http://x.test/a.jpg", landmark_id=5)
 RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -47,13 +47,31 @@ def _decode(data: bytes, config: DecodeConfig | None = None) -> DecodedImage | F
     return decode_image(FetchedImage(row=ROW, data=data), config or DecodeConfig())
 
 
-def _ok(data: bytes, config: DecodeConfig | None = None) -> DecodedImage:
+def _ok(data: bytes, config: DecodeConfig | None = None) -> Normalised:
+    """The normalised pixels (before re-encoding), after checking that the stored record is
+    exactly those pixels re-encoded at the configured quality."""
+    config = config or DecodeConfig()
+    result = normalise(data, config)
+    assert isinstance(result, Normalised), result
+    pixels = result.pixels
+    assert pixels.dtype == np.uint8
+    assert pixels.ndim == 3
+    assert pixels.shape[2] == 3
+    assert pixels.flags.c_contiguous
+    stored = _decode(data, config)
+    assert isinstance(stored, DecodedImage), stored
+    assert (stored.height, stored.width) == pixels.shape[:2]
+    assert (stored.original_width, stored.original_height) == (result.original_width, result.original_height)
+    assert stored.original_bytes == len(data)
+    reencoded = cv2.imencode(".jpg", pixels[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])[1]
+    assert stored.jpeg == reencoded.tobytes()
+    assert stored.pixels.shape == pixels.shape
+    return result
+
+
+def _stored(data: bytes, config: DecodeConfig | None = None) -> DecodedImage:
     result = _decode(data, config)
     assert isinstance(result, DecodedImage), result
-    assert result.pixels.dtype == np.uint8
-    assert result.pixels.ndim == 3
-    assert result.pixels.shape[2] == 3
-    assert result.pixels.flags.c_contiguous
     return result
 
 
@@ -202,7 +220,6 @@ def test_large_images_shrink_to_max_side_keeping_aspect(
     decoded = _ok(data, DecodeConfig(max_side=max_side))
     assert decoded.pixels.shape == (*expected, 3)
     assert (decoded.original_width, decoded.original_height) == size
-    assert decoded.original_bytes == len(data)
 
 
 def test_shrunk_image_still_looks_like_the_original() -> None:
@@ -341,17 +358,18 @@ def test_decode_config_validation(kwargs: dict[str, int]) -> None:
 
 def test_hash_sizes_and_row_are_recorded() -> None:
     data = _encode(Image.fromarray(_gradient(640, 480)), "JPEG")
-    decoded = _ok(data, DecodeConfig(max_side=320))
+    decoded = _stored(data, DecodeConfig(max_side=320))
     assert decoded.row == ROW
     assert decoded.sha256 == hashlib.sha256(data).hexdigest()
     assert decoded.original_bytes == len(data)
     assert (decoded.original_width, decoded.original_height) == (640, 480)
+    assert (decoded.width, decoded.height) == (320, 240)
     assert decoded.pixels.shape == (240, 320, 3)
 
 
 def test_jpeg_output_decodes_to_the_pixels() -> None:
     pixels = _gradient(300, 200)
-    decoded = _ok(_encode(Image.fromarray(pixels), "PNG"), DecodeConfig(jpeg_quality=95))
+    decoded = _stored(_encode(Image.fromarray(pixels), "PNG"), DecodeConfig(jpeg_quality=95))
     assert decoded.jpeg[:3] == b"\xff\xd8\xff"
     bgr = cv2.imdecode(np.frombuffer(decoded.jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert bgr.shape == (200, 300, 3)
@@ -362,16 +380,16 @@ def test_jpeg_output_decodes_to_the_pixels() -> None:
 
 def test_jpeg_quality_changes_the_output_size() -> None:
     data = _encode(Image.fromarray(_noise(200, 200)), "PNG")
-    low = _ok(data, DecodeConfig(jpeg_quality=20)).jpeg
-    high = _ok(data, DecodeConfig(jpeg_quality=95)).jpeg
+    low = _stored(data, DecodeConfig(jpeg_quality=20)).jpeg
+    high = _stored(data, DecodeConfig(jpeg_quality=95)).jpeg
     assert len(low) < len(high)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_decoding_is_deterministic(fmt: str) -> None:
     data = _encode(Image.fromarray(_gradient(1500, 1000)), fmt)
-    first = _ok(data, DecodeConfig(max_side=512))
-    second = _ok(data, DecodeConfig(max_side=512))
+    first = _stored(data, DecodeConfig(max_side=512))
+    second = _stored(data, DecodeConfig(max_side=512))
     assert first.jpeg == second.jpeg
     np.testing.assert_array_equal(first.pixels, second.pixels)
     assert first.sha256 == second.sha256

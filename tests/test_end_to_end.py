@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
+import subprocess
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -13,7 +16,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.demo_data import DemoConfig, generate_demo, read_truth
 from pipeline.serve import serve_folder
-from schemas.gldv2_csv import format_train_clean
+from schemas.gldv2_csv import format_train_clean, parse_train_clean
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
 
@@ -133,3 +136,87 @@ def test_pairs_parquet_has_one_row_per_candidate_pair(curated: dict) -> None:
     assert len({(p["id_a"], p["id_b"]) for p in pairs}) == len(pairs)
     kept = {d["id"]: d["landmark_id"] for d in curated["decisions"] if d["status"] == "kept"}
     assert all(p["landmark_id"] == kept.get(p["id_a"], p["landmark_id"]) for p in pairs)
+
+
+def test_audit_report_and_c2x_are_byte_identical(curated: dict) -> None:
+    first, second = curated["outputs"]
+    for name in ("audit.parquet", "c2x_rejected.csv", "c2x_scores.parquet", "report.html"):
+        with open(os.path.join(first, name), "rb") as a, open(os.path.join(second, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def test_c2x_lists_the_rejected_images_of_clean_classes(curated: dict) -> None:
+    out = curated["outputs"][0]
+    with open(os.path.join(out, "train_clean.csv"), encoding="utf-8") as handle:
+        clean = parse_train_clean(handle.read())
+    expected: dict[int, list[str]] = {}
+    for d in curated["decisions"]:
+        if d["status"] == "removed" and d["landmark_id"] in clean:
+            expected.setdefault(d["landmark_id"], []).append(d["id"])
+    assert expected  # the generated noise sits in clean classes
+    with open(os.path.join(out, "c2x_rejected.csv"), encoding="utf-8") as handle:
+        assert handle.read() == format_train_clean(expected)
+    scores = pq.read_table(os.path.join(out, "c2x_scores.parquet")).to_pylist()
+    assert sorted(r["id"] for r in scores) == sorted(i for ids in expected.values() for i in ids)
+
+
+def test_cross_class_findings_point_at_label_noise(curated: dict) -> None:
+    truth = read_truth(curated["dataset"].truth_csv)
+    findings = pq.read_table(os.path.join(curated["outputs"][0], "audit.parquet")).to_pylist()
+    matches = [f for f in findings if f["kind"] == "cross_class_match"]
+    assert matches
+    for f in matches:
+        assert f["landmark_a"] != f["landmark_b"] and f["score"] >= 30
+        assert "noise" in (truth[f["id_a"]][1], truth[f["id_b"]][1]), f
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(curated: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = curated["outputs"][0]
+    report = os.path.join(out, "report.html")
+    with open(report, encoding="utf-8") as handle:
+        html = handle.read()
+    sources = re.findall(r'src="([^"]+)"', html)
+    assert len(sources) >= 6  # thumbnails of the noisiest classes and the drawn pairs
+    missing = [s for s in sources if not os.path.isfile(os.path.join(out, s))]
+    assert not missing
+    for section in ("by status", "Class sizes", "Inliers", "ranked by removal", "inlier matches", "Label-noise"):
+        assert section in html
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it with apt-get install chromium)")
+    screenshot = str(tmp_path_factory.mktemp("report") / "report.png")
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    command += ["--window-size=1200,4000", f"--screenshot={screenshot}", "file://" + os.path.abspath(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    assert not console
+    assert os.path.getsize(screenshot) > 10_000
+    print(f"report screenshot: {screenshot}")
+
+
+def test_gld_audit_rebuilds_the_same_report(curated: dict, capsys: pytest.CaptureFixture) -> None:
+    out = curated["outputs"][1]
+    with open(os.path.join(out, "report.html"), "rb") as handle:
+        before = handle.read()
+    os.remove(os.path.join(out, "report.html"))
+    assert main(["audit", "--output", out]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"report": os.path.join(out, "report.html")}
+    with open(os.path.join(out, "report.html"), "rb") as handle:
+        assert handle.read() == before
+
+
+def test_official_preset_keeps_a_subset_of_components(curated: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = str(tmp_path_factory.mktemp("official"))
+    images = os.path.join(os.path.dirname(curated["dataset"].train_csv), "images")
+    args = ["curate", "--train-csv", curated["dataset"].train_csv, "--output", out, "--images-dir", images]
+    assert main([*args, "--preset", "gldv2-official", "--no-audit", *BEAM]) == 0
+    official = pq.read_table(os.path.join(out, "decisions.parquet")).to_pylist()
+    kept = {d["id"] for d in official if d["status"] == "kept"}
+    assert kept and kept <= {d["id"] for d in curated["decisions"] if d["status"] == "kept"}
+    select_reasons = {"verified_degree", "no_verified_pair", "low_degree", "class_too_small"}
+    for d in official:
+        assert d["reason"] in select_reasons if d["stage"] == "select" else d["status"] == "failed", d

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 import cv2
 import numpy as np
@@ -37,15 +39,24 @@ def _textured(seed: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray
 
 def _decoded(image_id: str, pixels: np.ndarray, line: int = 1, landmark_id: int = 7) -> DecodedImage:
     height, width = pixels.shape[:2]
+    # PNG in the `jpeg` field: lossless, so the extractor sees exactly `pixels` (a real record
+    # holds a JPEG; both decode through the same call).
+    png = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]))[1].tobytes()
     return DecodedImage(
         row=ManifestRow(line=line, id=image_id, url=f"http://x/{image_id}.jpg", landmark_id=landmark_id),
-        pixels=pixels,
-        jpeg=b"",
+        jpeg=png,
+        width=width,
+        height=height,
         original_width=width,
         original_height=height,
         original_bytes=0,
         sha256="",
     )
+
+
+def _undecodable(image_id: str, line: int, landmark_id: int) -> DecodedImage:
+    """A record whose stored bytes do not decode (a corrupt store part)."""
+    return dataclasses.replace(_decoded(image_id, np.zeros((8, 8, 3), np.uint8), line, landmark_id), jpeg=b"corrupt")
 
 
 def _as_features(image_id: str, extracted: tuple, width: int = WIDTH, height: int = HEIGHT) -> LocalFeatures:
@@ -190,8 +201,7 @@ def test_extract_features_record(image: np.ndarray, extracted: tuple) -> None:
 
 
 def test_extractor_error_becomes_a_failure() -> None:
-    grey = np.zeros((HEIGHT, WIDTH), np.uint8)  # not RGB: OpenCV refuses the colour conversion
-    failure = extract_features(_decoded("bad", grey, line=8, landmark_id=3), SiftExtractor(FeatureConfig()))
+    failure = extract_features(_undecodable("bad", line=8, landmark_id=3), SiftExtractor(FeatureConfig()))
     assert isinstance(failure, Failure)
     assert (failure.line, failure.id, failure.landmark_id) == (8, "bad", 3)
     assert failure.stage == Stage.FEATURES and failure.reason == Reason.EXTRACTION_ERROR
@@ -222,7 +232,7 @@ def test_feature_config_defaults_are_valid() -> None:
 def test_extract_features_transform_routes_records_and_failures() -> None:
     textured = _decoded("tex", _textured(21), line=1, landmark_id=4)
     blank = _decoded("blank", np.full((HEIGHT, WIDTH, 3), 200, np.uint8), line=2, landmark_id=4)
-    broken = _decoded("grey", np.zeros((HEIGHT, WIDTH), np.uint8), line=3, landmark_id=6)
+    broken = _undecodable("grey", line=3, landmark_id=6)
     expected_count = len(SiftExtractor(FeatureConfig(max_features=150))(textured.pixels)[0])
     assert expected_count == 150
 

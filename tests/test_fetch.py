@@ -7,7 +7,9 @@ resolvers, and the "public" case only through `check_url`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
+import itertools
 import random
 import socket
 import threading
@@ -29,10 +31,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
+from transforms.decode import DecodeConfig, decode_image
 from transforms.fetch import (
     USER_AGENT,
     FetchConfig,
     FetchImages,
+    HostGate,
     check_url,
     fetch_http,
     image_path,
@@ -63,6 +67,8 @@ class Server:
     log: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -189,6 +195,17 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(2.0)
         elif route == "/drop":  # close without any response
             self.close_connection = True
+        elif route == "/html":  # a 200 that is not an image: fetched, then refused by decode
+            self._send(200, b"<html><body>Not found</body></html>", {"Content-Type": "text/html"})
+        elif route == "/slow":  # records how many requests overlap
+            state = self.server_state
+            with state.lock:
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            time.sleep(0.1)
+            with state.lock:
+                state.in_flight -= 1
+            self._send(200, IMAGE)
         else:
             self._send(404, b"unknown route")
 
@@ -648,3 +665,60 @@ def test_fetch_images_over_http(server: Server, monkeypatch: pytest.MonkeyPatch)
     expected_ok = [(2, "good", f"{len(IMAGE)} bytes"), (4, "moved", f"{len(IMAGE)} bytes")]
     _run(rows, FAST, expected_ok, [(3, "gone", "http_404"), (5, "scheme", "bad_url")])
     assert server.requests_to("/img?t=pipeline") == 1
+
+
+def test_wrong_content_type_is_fetched_then_fails_to_decode(server: Server) -> None:
+    fetched = _fetch(server.url("/html"))
+    assert isinstance(fetched, FetchedImage)
+    failure = decode_image(fetched, DecodeConfig())
+    assert isinstance(failure, Failure) and failure.reason is Reason.NOT_AN_IMAGE
+
+
+def test_user_agent_is_configurable(server: Server) -> None:
+    _fetch(server.url("/img?t=agent"), dataclasses.replace(FAST, user_agent="my-crawler/2 (me@example.org)"))
+    with server.lock:
+        agents = [headers.get("User-Agent") for path, headers in server.log if path == "/img?t=agent"]
+    assert agents == ["my-crawler/2 (me@example.org)"]
+
+
+@pytest.mark.parametrize(
+    ("threads", "max_per_host", "overlap"),
+    [
+        (8, 2, 2),  # the per-host cap binds: 8 threads, yet only 2 requests to the host at once
+        (4, 16, 4),  # the thread count binds: downloads do overlap
+    ],
+)
+def test_concurrent_requests_are_bounded_by_threads_and_the_per_host_cap(
+    server: Server, monkeypatch: pytest.MonkeyPatch, threads: int, max_per_host: int, overlap: int
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with server.lock:
+        server.max_in_flight = 0
+    rows = [ManifestRow(n + 2, f"id{n:03d}", server.url(f"/slow?n={n}&t={threads}"), 1) for n in range(12)]
+    config = dataclasses.replace(FAST, threads=threads, max_per_host=max_per_host, total_timeout_s=10.0)
+    _run(rows, config, [(row.line, row.id, f"{len(IMAGE)} bytes") for row in rows], [])
+    assert server.max_in_flight == overlap
+
+
+def test_host_gate_spaces_request_starts() -> None:
+    gate = HostGate(max_concurrent=4, rps=20.0)
+    starts: list[float] = []
+    for _ in range(5):
+        with gate.enter("h"):
+            starts.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.045
+    with gate.enter("other"):  # another host is not held back by the first one's schedule
+        assert time.monotonic() - starts[-1] < 0.045
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"max_per_host": 0}, {"per_host_rps": -1}, {"user_agent": " "}])
+def test_politeness_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        FetchConfig(**kwargs)
+
+
+def test_only_one_source_may_be_set() -> None:
+    with pytest.raises(ValueError, match="one source"):
+        FetchConfig(images_dir="/a", tar_dir="/b")

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.cli import _curate_parser, main, overrides_from
 from pipeline.config import build_config
-from pipeline.curate import build_curation, local_runner_args
+from pipeline.curate import build_curation
+from pipeline.runner import local_runner_args
 
 
 def test_project_flags_are_parsed_apart_from_beam_flags() -> None:
@@ -57,10 +58,12 @@ def test_graph_has_one_composite_per_stage(tmp_path) -> None:
     outputs = build_curation(pipeline, build_config(str(manifest), str(tmp_path / "out")))
     assert set(outputs) == {"rows", "features", "pairs", "decisions", "failures"}
     top = {t.full_label for t in pipeline.transforms_stack[0].parts}
+    ingest = next(t for t in pipeline.transforms_stack[0].parts if t.full_label == "Ingest")
+    assert {"Ingest/FetchImages", "Ingest/DecodeImages", "Ingest/StoreImages"} <= {t.full_label for t in ingest.parts}
     for stage in (
         "ReadManifest",
-        "FetchImages",
-        "DecodeImages",
+        "Ingest",
+        "WriteDuplicates",
         "ExtractFeatures",
         "GeneratePairs",
         "VerifyPairs",

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import ImageDecision, PairResult
 from schemas.vocabulary import Status
-from transforms.select import SelectClean, SelectConfig, select_class
+from transforms.select import POLICIES, SelectClean, SelectConfig, select_class
 
 LID = 21
 
@@ -161,3 +161,87 @@ def test_select_clean_transform() -> None:
             "pairs": pipeline | "Pairs" >> beam.Create(PAIRS + other_pairs),
         } | SelectClean(config)
         assert_that(decisions, equal_to(expected))
+
+
+# Degree-policy layout: a, b, c, d form a 4-clique of verified pairs (degree 3 each), e hangs on
+# a (a: 4, e: 1), f - g is a verified pair on its own (degree 1 each), h has no pair at all.
+CLIQUE_MEMBERS = [(image_id, line) for line, image_id in enumerate("abcdefgh", start=1)]
+CLIQUE_PAIRS = [PairResult(LID, x, y, 60, 40) for x, y in ("ab", "ac", "ad", "bc", "bd", "cd")] + [
+    PairResult(LID, "a", "e", 50, 35),
+    PairResult(LID, "f", "g", 70, 50),
+    PairResult(LID, "e", "h", 20, 4),
+]
+
+
+def _outcomes(decisions: list[ImageDecision]) -> dict[str, tuple[Status, str]]:
+    return {d.id: (d.status, d.reason) for d in decisions}
+
+
+def test_degree_policy_keeps_images_with_enough_verified_pairs() -> None:
+    decisions = select_class(LID, CLIQUE_MEMBERS, CLIQUE_PAIRS, SelectConfig(policy="degree"))
+    kept = (Status.KEPT, "verified_degree")
+    low = (Status.REMOVED, "low_degree")
+    assert _outcomes(decisions) == {
+        "a": kept,
+        "b": kept,
+        "c": kept,
+        "d": kept,
+        "e": low,
+        "f": low,
+        "g": low,
+        "h": (Status.REMOVED, "no_verified_pair"),
+    }
+    by_id = _by_id(decisions)
+    assert (by_id["a"].degree, by_id["e"].degree, by_id["h"].degree) == (4, 1, 0)
+    assert by_id["e"].detail == "1 verified pairs, the rule needs 3"
+    assert by_id["h"].max_inliers == 4 and by_id["h"].best_partner == "e"
+
+
+def test_degree_policy_drops_a_class_with_one_survivor() -> None:
+    decisions = _by_id(select_class(LID, CLIQUE_MEMBERS, CLIQUE_PAIRS, SelectConfig(policy="degree", min_degree=4)))
+    assert (decisions["a"].status, decisions["a"].reason) == (Status.REMOVED, "class_too_small")
+    assert decisions["a"].detail == "1 image(s) of the class passed the rule, a class needs 2"
+    assert {decisions[i].reason for i in "bcdefg"} == {"low_degree"}
+    relaxed = _by_id(
+        select_class(LID, CLIQUE_MEMBERS, CLIQUE_PAIRS, SelectConfig(policy="degree", min_degree=4, min_class_size=1))
+    )
+    assert relaxed["a"].status == Status.KEPT
+
+
+def test_components_policy_can_keep_only_the_largest_component() -> None:
+    every = _outcomes(select_class(LID, CLIQUE_MEMBERS, CLIQUE_PAIRS, SelectConfig()))
+    assert {i for i, (status, _) in every.items() if status == Status.KEPT} == set("abcdefg")
+    largest = _by_id(select_class(LID, CLIQUE_MEMBERS, CLIQUE_PAIRS, SelectConfig(largest_component_only=True)))
+    assert {i for i, d in largest.items() if d.status == Status.KEPT} == set("abcde")
+    for image_id in "fg":
+        assert (largest[image_id].reason, largest[image_id].component_id) == ("not_largest_component", 1)
+    assert largest["h"].reason == "no_verified_pair"
+
+
+def test_degree_policy_keeps_a_subset_of_components() -> None:
+    rng = random.Random(7)
+    ids = [f"i{n:02d}" for n in range(30)]
+    members = [(image_id, line) for line, image_id in enumerate(ids)]
+    degree_kept = 0
+    for _ in range(20):
+        pairs = [
+            PairResult(LID, a, b, 50, rng.choice((0, 10, 30, 45)))
+            for i, a in enumerate(ids)
+            for b in ids[i + 1 :]
+            if rng.random() < 0.12
+        ]
+        kept = {
+            policy: {
+                d.id for d in select_class(LID, members, pairs, SelectConfig(policy=policy)) if d.status == Status.KEPT
+            }
+            for policy in POLICIES
+        }
+        assert kept["degree"] <= kept["components"]
+        degree_kept += len(kept["degree"])
+    assert degree_kept > 0  # the random graphs do exercise the degree rule
+
+
+@pytest.mark.parametrize("kwargs", [{"policy": "kcore"}, {"min_degree": 0}, {"min_class_size": 0}])
+def test_select_config_rejects_bad_policy_values(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SelectConfig(**kwargs)

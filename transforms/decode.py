@@ -11,6 +11,7 @@ import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 import cv2
@@ -73,23 +74,30 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_image(fetched: FetchedImage, config: DecodeConfig) -> DecodedImage | Failure:
-    """Decode, orient, convert and shrink one image.
+class Normalised(NamedTuple):
+    """An image decoded to uint8 RGB [H, W, 3] (longest side <= max_side), before re-encoding."""
 
-    Failure reasons: not_an_image (no known format), too_many_pixels (checked before
-    decoding), truncated (the file ends early), decode_error (anything else Pillow refuses),
-    too_small (shorter side < `min_side`).
+    pixels: np.ndarray
+    original_width: int
+    original_height: int
+
+
+def normalise(data: bytes, config: DecodeConfig) -> Normalised | tuple[Reason, str]:
+    """Decode, orient, convert and shrink one image; (reason, detail) when it cannot.
+
+    Reasons: not_an_image (no known format), too_many_pixels (checked before decoding),
+    truncated (the file ends early), decode_error (anything else Pillow refuses), too_small
+    (shorter side < `min_side`).
     """
-    data = fetched.data
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        return _fail(fetched, Reason.NOT_AN_IMAGE, f"unknown format, starts with {data[:16]!r}")
+        return Reason.NOT_AN_IMAGE, f"unknown format, starts with {data[:16]!r}"
     except Exception as exc:
-        return _fail(fetched, Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}")
+        return Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}"
     width, height = image.size
     if width * height > config.max_pixels:
-        return _fail(fetched, Reason.TOO_MANY_PIXELS, f"{width}x{height} > {config.max_pixels} pixels")
+        return Reason.TOO_MANY_PIXELS, f"{width}x{height} > {config.max_pixels} pixels"
     try:
         # JPEG DCT scaling: decode directly at >= the target size, much faster for big photos.
         image.draft("RGB", (config.max_side, config.max_side))
@@ -98,21 +106,34 @@ def decode_image(fetched: FetchedImage, config: DecodeConfig) -> DecodedImage | 
         pixels = _to_rgb(image)
     except OSError as exc:
         reason = Reason.TRUNCATED if "truncated" in str(exc).lower() else Reason.DECODE_ERROR
-        return _fail(fetched, reason, f"{type(exc).__name__}: {exc}")
+        return reason, f"{type(exc).__name__}: {exc}"
     except Exception as exc:
-        return _fail(fetched, Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}")
+        return Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}"
     pixels = shrink(pixels, config.max_side)
     if min(pixels.shape[:2]) < config.min_side:
-        return _fail(fetched, Reason.TOO_SMALL, f"{pixels.shape[1]}x{pixels.shape[0]} < {config.min_side} px")
+        return Reason.TOO_SMALL, f"{pixels.shape[1]}x{pixels.shape[0]} < {config.min_side} px"
+    return Normalised(pixels, width, height)
+
+
+def decode_image(fetched: FetchedImage, config: DecodeConfig) -> DecodedImage | Failure:
+    """`normalise`, then re-encode as JPEG at `jpeg_quality` (what the store keeps and what
+    features are computed from). Failure reasons: those of `normalise`, and decode_error when
+    the re-encoding fails."""
+    data = fetched.data
+    result = normalise(data, config)
+    if not isinstance(result, Normalised):
+        return _fail(fetched, *result)
+    pixels = result.pixels
     ok, encoded = cv2.imencode(".jpg", pixels[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
     if not ok:
         return _fail(fetched, Reason.DECODE_ERROR, "JPEG re-encoding failed")
     return DecodedImage(
         row=fetched.row,
-        pixels=pixels,
         jpeg=encoded.tobytes(),
-        original_width=width,
-        original_height=height,
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        original_width=result.original_width,
+        original_height=result.original_height,
         original_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )

@@ -94,11 +94,12 @@ EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {"sift": SiftExtra
 
 
 def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures | Failure:
-    """Features of one decoded image; fails (extraction_error) only if the extractor raises."""
+    """Features of one decoded image; fails (extraction_error) when the stored JPEG does not
+    decode (ValueError) or the extractor raises."""
     row = image.row
     try:
         keypoints, descriptors, scales, scores = extractor(image.pixels)
-    except cv2.error as exc:
+    except (cv2.error, ValueError) as exc:
         return Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, str(exc), row.url)
     height, width = image.pixels.shape[:2]
     return LocalFeatures(

@@ -11,8 +11,11 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -20,10 +23,12 @@ import apache_beam as beam
 import requests
 import urllib3
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.records import Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.progress import StageTimer
 from transforms.routing import route
 
 STAGE = Stage.FETCH.value
@@ -36,12 +41,19 @@ Resolver = Callable[[str], list[str]]
 class FetchConfig:
     """How images are fetched.
 
-    `images_dir`: read `<images_dir>/a/b/c/<id>.jpg` (any Beam filesystem) instead of the URL.
+    Sources: the URLs, or `images_dir` (read `<images_dir>/a/b/c/<id>.jpg`, any Beam
+    filesystem), or `tar_dir` (the official `images_NNN.tar` shards, see tar_shards.py).
+    `retry_failed`: fetch again the rows an earlier run on the same output failed to ingest.
     Timeouts are seconds; `max_bytes` caps one image's body; `retries` applies to connection
     errors, 429 and 5xx only, with exponential backoff and jitter from `backoff_s`.
+    `threads`: concurrent requests per worker (downloads wait on the network, not the CPU);
+    `max_per_host` / `per_host_rps` cap concurrent requests and request starts per second to one
+    host from one worker process (0 = no rate cap), so a run never hammers a single server.
     """
 
     images_dir: str = ""
+    tar_dir: str = ""
+    retry_failed: bool = False
     allow_private_hosts: bool = False
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 15.0
@@ -51,8 +63,13 @@ class FetchConfig:
     retries: int = 2
     backoff_s: float = 0.5
     user_agent: str = USER_AGENT
+    threads: int = 16
+    max_per_host: int = 8
+    per_host_rps: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.images_dir and self.tar_dir:
+            raise ValueError("choose one source: images_dir (--images-dir) or tar_dir (--tar-dir)")
         for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s", "backoff_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -60,6 +77,50 @@ class FetchConfig:
             raise ValueError("max_bytes must be > 0")
         if self.max_redirects < 0 or self.retries < 0:
             raise ValueError("max_redirects and retries must be >= 0")
+        if self.threads < 1 or self.max_per_host < 1:
+            raise ValueError("threads and max_per_host must be >= 1")
+        if self.per_host_rps < 0:
+            raise ValueError("per_host_rps must be >= 0")
+        if not self.user_agent.strip():
+            raise ValueError("user_agent must not be empty")
+
+
+class HostGate:
+    """Per-host politeness for one worker process: at most `max_concurrent` requests in flight
+    to a host, and request starts at least `1 / rps` seconds apart (rps 0: no spacing)."""
+
+    def __init__(self, max_concurrent: int, rps: float) -> None:
+        self._max = max_concurrent
+        self._interval = 1.0 / rps if rps > 0 else 0.0
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._next_start: dict[str, float] = {}
+
+    @contextmanager
+    def enter(self, host: str) -> Iterator[None]:
+        with self._lock:
+            slot = self._slots.setdefault(host, threading.BoundedSemaphore(self._max))
+        with slot:
+            if self._interval:
+                with self._lock:
+                    now = time.monotonic()
+                    start = max(now, self._next_start.get(host, now))
+                    self._next_start[host] = start + self._interval
+                time.sleep(max(0.0, start - now))
+            yield
+
+
+#: One gate per (limit, rate) per process: every DoFn instance of a worker shares it.
+_GATES: dict[tuple[int, float], HostGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def host_gate(config: FetchConfig) -> HostGate:
+    key = (config.max_per_host, config.per_host_rps)
+    with _GATES_LOCK:
+        if key not in _GATES:
+            _GATES[key] = HostGate(*key)
+        return _GATES[key]
 
 
 def resolve_host(host: str) -> list[str]:
@@ -172,20 +233,23 @@ class _Refusal:
 
 
 def _get_once(
-    session: requests.Session, url: str, config: FetchConfig, resolver: Resolver, deadline: float
+    session: requests.Session, url: str, config: FetchConfig, resolver: Resolver, deadline: float, gate: HostGate
 ) -> bytes | _Refusal:
     """One attempt, following redirects by hand so that every target is checked."""
     for _ in range(config.max_redirects + 1):
         refused = check_url(url, config.allow_private_hosts, resolver)
         if refused:
             return _Refusal(*refused)
-        with session.get(
-            url,
-            stream=True,
-            allow_redirects=False,
-            timeout=(config.connect_timeout_s, config.read_timeout_s),
-            headers={"User-Agent": config.user_agent},
-        ) as response:
+        with (
+            gate.enter(urlsplit(url).hostname or ""),
+            session.get(
+                url,
+                stream=True,
+                allow_redirects=False,
+                timeout=(config.connect_timeout_s, config.read_timeout_s),
+                headers={"User-Agent": config.user_agent},
+            ) as response,
+        ):
             if response.is_redirect:
                 url = urljoin(url, response.headers.get("Location", ""))
                 continue
@@ -203,14 +267,19 @@ def _get_once(
 
 
 def fetch_http(
-    session: requests.Session, row: ManifestRow, config: FetchConfig, resolver: Resolver = resolve_host
+    session: requests.Session,
+    row: ManifestRow,
+    config: FetchConfig,
+    resolver: Resolver = resolve_host,
+    gate: HostGate | None = None,
 ) -> FetchedImage | Failure:
     """Download `row.url`. Failure reasons: bad_url, blocked_host, http_404, http_4xx,
     http_5xx, timeout, connection_error, too_large."""
+    gate = gate or host_gate(config)
     deadline = time.monotonic() + config.total_timeout_s
     for attempt in range(config.retries + 1):
         try:
-            outcome = _get_once(session, row.url, config, resolver, deadline)
+            outcome = _get_once(session, row.url, config, resolver, deadline, gate)
         except requests.Timeout as exc:
             outcome = _Refusal(Reason.TIMEOUT, f"{type(exc).__name__}: {exc}", retryable=True)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
@@ -251,30 +320,67 @@ def read_from_dir(row: ManifestRow, config: FetchConfig) -> FetchedImage | Failu
 
 
 class _FetchFn(beam.DoFn):
-    """Holds one pooled HTTP session per DoFn instance (created in `setup`)."""
+    """Fetches with `config.threads` requests in flight per DoFn instance, over one pooled
+    HTTP session (created in `setup`). Results are emitted as they complete; whatever is still
+    in flight at the end of a bundle is awaited in `finish_bundle`."""
 
     def __init__(self, config: FetchConfig) -> None:
         self._config = config
         self._session: requests.Session | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def setup(self) -> None:
+        size = self._config.threads
         self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=16, max_retries=0)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="gld-fetch")
 
     def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._session is not None:
             self._session.close()
 
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def _fetch(self, row: ManifestRow) -> tuple[FetchedImage | Failure, float]:
+        started = time.perf_counter()
+        if self._config.images_dir:
+            result = read_from_dir(row, self._config)
+        else:
+            assert self._session is not None
+            result = fetch_http(self._session, row, self._config)
+        return result, time.perf_counter() - started
+
+    def _collect(self, future: Future) -> FetchedImage | Failure:
+        # Counters are updated here, on the bundle's thread: Beam's metrics context is per thread.
+        result, seconds = future.result()
+        Metrics.counter(STAGE, "busy_ms").inc(int(seconds * 1000))
+        if isinstance(result, FetchedImage):
+            Metrics.counter(STAGE, "bytes").inc(len(result.data))
+        return result
+
     def process(self, row: ManifestRow) -> Iterator[FetchedImage | Failure]:
-        with StageTimer(STAGE):
-            if self._config.images_dir:
-                result = read_from_dir(row, self._config)
+        assert self._pool is not None
+        self._pending.append(self._pool.submit(self._fetch, row))
+        if len(self._pending) >= 2 * self._config.threads:
+            wait(self._pending, return_when=FIRST_COMPLETED)
+        still: list[Future] = []
+        for future in self._pending:
+            if future.done():
+                yield self._collect(future)
             else:
-                assert self._session is not None
-                result = fetch_http(self._session, row, self._config)
-        yield result
+                still.append(future)
+        self._pending = still
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for future in self._pending:
+            yield GlobalWindows.windowed_value(self._collect(future))
+        self._pending = []
 
 
 class FetchImages(beam.PTransform):

@@ -24,7 +24,11 @@ STAGE = Stage.MANIFEST.value
 
 @dataclass(frozen=True)
 class ManifestConfig:
+    """`columns`: the header's columns when already known (a plan that must not open the
+    file); None reads and checks the header when the pipeline is built."""
+
     path: str
+    columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -89,7 +93,7 @@ class ReadManifest(beam.PTransform):
         self._config = config
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
-        columns = read_header(self._config.path)
+        columns = self._config.columns or read_header(self._config.path)
         parsed = (
             pbegin
             | "Path" >> beam.Create([self._config.path])

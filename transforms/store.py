@@ -145,17 +145,19 @@ class WriteTrainClean(beam.PTransform):
     """ImageDecision PCollection -> `train_clean.csv` in the official format.
 
     One text line per class is built in parallel; only those lines (about 20 bytes per kept
-    image) meet on one worker to be sorted and written.
+    image) meet on one worker to be sorted and written. `ids_of` picks the (landmark_id, id)
+    pairs listed (default: the kept images).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, ids_of: Callable[[ImageDecision], Iterable[tuple[int, str]]] = kept_by_class) -> None:
         super().__init__()
         self._path = path
+        self._ids_of = ids_of
 
     def expand(self, decisions: beam.PCollection) -> beam.PCollection:
         return (
             decisions
-            | "Kept" >> beam.FlatMap(kept_by_class)
+            | "Kept" >> beam.FlatMap(self._ids_of)
             | "GroupKept" >> beam.GroupByKey()
             | "Line" >> beam.MapTuple(clean_row)
             | "AllLines" >> beam.combiners.ToList()

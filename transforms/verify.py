@@ -177,37 +177,52 @@ _ESTIMATORS = {
 }
 
 
-def ransac_inliers(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> tuple[int, str]:
-    """(inliers, reason) of the configured model fitted to matched points src, dst [M, 2].
+def ransac_mask(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> tuple[np.ndarray, str]:
+    """(inlier mask [M] bool, reason) of the configured model fitted to matched points src, dst [M, 2].
 
     Reasons: `too_few_matches` (M below the model's minimum), `degenerate_keypoints` (either
-    side identical or collinear), `no_model` (RANSAC found none); all with 0 inliers.
+    side identical or collinear), `no_model` (RANSAC found none); all with no inlier.
     """
+    none = np.zeros(len(src), dtype=bool)
     if len(src) < MIN_MATCHES[config.model]:
-        return 0, TOO_FEW_MATCHES
+        return none, TOO_FEW_MATCHES
     src = np.ascontiguousarray(src, dtype=np.float32)
     dst = np.ascontiguousarray(dst, dtype=np.float32)
     if _degenerate(src) or _degenerate(dst):
-        return 0, DEGENERATE_KEYPOINTS
+        return none, DEGENERATE_KEYPOINTS
     model, mask = _ESTIMATORS[config.model](src, dst, _usac_params(config))
     if model is None or mask is None or model.size == 0:
-        return 0, NO_MODEL
-    return int(np.count_nonzero(mask)), ""
+        return none, NO_MODEL
+    return mask.ravel().astype(bool), ""
 
 
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:
     """(num_matches, inliers, reason) for one pair; reason is "" when RANSAC ran.
 
     Degenerate input never raises: `no_features` when either image has none, else the
-    reasons of `ransac_inliers`, all with 0 inliers. Raises ValueError only when the
+    reasons of `ransac_mask`, all with 0 inliers. Raises ValueError only when the
     descriptor dimensions differ.
     """
     check_dimensions(a.descriptors, b.descriptors)
     if a.count == 0 or b.count == 0:
         return 0, 0, NO_FEATURES
     idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
-    inliers, reason = ransac_inliers(a.keypoints[idx_a], b.keypoints[idx_b], config)
-    return len(idx_a), inliers, reason
+    mask, reason = ransac_mask(a.keypoints[idx_a], b.keypoints[idx_b], config)
+    return len(idx_a), int(np.count_nonzero(mask)), reason
+
+
+def inlier_matches(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The inlier correspondences of one pair, for drawing: keypoints of a and of b, [K, 2] each.
+
+    Re-runs `verify_pair`'s matching (deterministic, so K equals its inlier count); K is 0
+    for the pairs it reports with a reason. Meant for the few pairs a report draws, so the
+    pipeline never stores every match.
+    """
+    check_dimensions(a.descriptors, b.descriptors)
+    idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
+    src, dst = a.keypoints[idx_a].astype(np.float32), b.keypoints[idx_b].astype(np.float32)
+    mask, _ = ransac_mask(src, dst, config)
+    return src[mask], dst[mask]
 
 
 def verify_result(landmark_id: int, a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> PairResult:

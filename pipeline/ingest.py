@@ -1,0 +1,124 @@
+"""`gld ingest` and the ingest part of `gld curate`: manifest rows -> the image store, the
+exact-duplicate table, per-shard reports and an img2dataset-like stats summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import CurateConfig
+from pipeline.runner import (
+    Counters,
+    busy_seconds,
+    estimated_rows,
+    paths_under,
+    run_pipeline,
+    versions,
+    write_json,
+)
+from schemas.tables import DUPLICATES_SCHEMA
+from transforms.ingest import Ingest, IngestConfig
+from transforms.manifest import ManifestConfig, ReadManifest
+from transforms.store import ParquetSpec, WriteSortedParquet, prefix_length
+
+#: What ingest writes under `--output` (the failure log folder is `ingest_failures/`).
+INGEST_OUTPUTS = {
+    "images": "images",
+    "duplicates": "duplicates.parquet",
+    "tar_shards": "tar_shards.json",
+    "ingest_stats": "ingest_stats.json",
+}
+
+
+def ingest_paths(root: str) -> dict[str, str]:
+    return paths_under(root, INGEST_OUTPUTS)
+
+
+def _write_shard_reports(reports: list, path: str) -> None:
+    write_json(path, [dataclasses.asdict(report) for report in sorted(reports, key=lambda r: r.shard)])
+
+
+def build_ingest(
+    pipeline: beam.Pipeline, rows: beam.PCollection, config: CurateConfig
+) -> tuple[beam.PCollection, beam.PCollection]:
+    """Wire ingest for `rows`; returns (DecodedImage, Failure) PCollections and writes the
+    duplicates table (and `tar_shards.json` when reading tars) as side outputs."""
+    out = ingest_paths(config.output)
+    ingested = rows | "Ingest" >> Ingest(
+        IngestConfig(config.output, config.fetch, config.decode, config.store, plan_only=config.plan_only)
+    )
+    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
+    ingested["duplicates"] | "WriteDuplicates" >> WriteSortedParquet(
+        out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]), prefix)
+    )
+    if "shard_reports" in ingested:
+        (
+            ingested["shard_reports"]
+            | "CollectReports" >> beam.combiners.ToList()
+            | "WriteReports" >> beam.Map(_write_shard_reports, out["tar_shards"])
+        )
+    return ingested["images"], ingested["failures"]
+
+
+def _sum(counters: Counters, stage: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    return {f"{stage}/{k}": v for k, v in counters.get(stage, {}).items() if k not in skip and v}
+
+
+def ingest_stats(counters: Counters, wall: float, duplicates_path: str) -> dict[str, Any]:
+    """Outcome counts of the ingest stages (like img2dataset's per-run stats) and the check that
+    every manifest row is accounted for: stored now + reused + failed (now or logged) = rows."""
+    manifest = counters.get("manifest", {})
+    dedupe = counters.get("dedupe", {})
+    ingest = counters.get("ingest", {})
+    fetch = counters.get("fetch", {})
+    decode = counters.get("decode", {})
+    failed = {
+        **_sum(counters, "fetch", ("ok", "busy_ms", "bytes", "tar_unlisted")),
+        **_sum(counters, "decode", ("ok", "busy_ms")),
+    }
+    for key, value in ingest.items():
+        if key.startswith("logged/") and value:
+            name = key[len("logged/") :]
+            failed[name] = failed.get(name, 0) + value
+    manifest_failed = sum(v for k, v in manifest.items() if k not in ("input_rows", "parsed")) + dedupe.get(
+        "duplicate_id", 0
+    )
+    stored, reused = decode.get("ok", 0), ingest.get("reused", 0)
+    unique = dedupe.get("unique", 0)
+    failed_total = sum(failed.values())
+    with FileSystems.open(duplicates_path) as handle:
+        duplicates = pq.read_table(handle, columns=["sha256"]).column("sha256").to_pylist()
+    return {
+        "rows": manifest.get("input_rows", 0),
+        "manifest_failed": manifest_failed,
+        "stored": stored,
+        "reused": reused,
+        "failed": dict(sorted(failed.items())),
+        "failed_total": failed_total,
+        "success_rate": round((stored + reused) / unique, 4) if unique else 0.0,
+        "bytes_fetched": fetch.get("bytes", 0),
+        "tar_unlisted_entries": fetch.get("tar_unlisted", 0),
+        "exact_duplicates": {"images": len(duplicates), "groups": len(set(duplicates))},
+        "seconds": {"wall": round(wall, 3), **busy_seconds(counters)},
+        "images_per_s": round(stored / wall, 3) if wall else 0.0,
+        "accounting_ok": manifest.get("input_rows", 0) == manifest_failed + stored + reused + failed_total,
+    }
+
+
+def run_ingest(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """Ingest only (no features, no selection): fill the store under `config.output` and write
+    `ingest_stats.json`; a later `gld curate` with the same `--output` reuses the store."""
+
+    def build(pipeline: beam.Pipeline) -> None:
+        rows, _ = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv))
+        build_ingest(pipeline, rows, config)
+
+    counters, wall = run_pipeline(build, beam_args, config.progress)
+    out = ingest_paths(config.output)
+    stats = {**ingest_stats(counters, wall, out["duplicates"]), "config": config.to_json(), "versions": versions()}
+    write_json(out["ingest_stats"], stats)
+    return stats

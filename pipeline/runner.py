@@ -1,0 +1,99 @@
+"""What every `gld` batch job shares: runner defaults, running a pipeline, reading its counters."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.local_runner_fix import lock_buffer_creation
+from transforms import progress
+
+# Bytes per manifest row used to guess the row count from the file size (GLDv2: ~110).
+_BYTES_PER_ROW_GUESS = 60
+# Rows assumed by a plan that must not open the manifest: GLDv2's train.csv.
+PLAN_ROWS_GUESS = 4_132_914
+
+Counters = dict[str, dict[str, int]]
+
+
+def paths_under(root: str, names: dict[str, str]) -> dict[str, str]:
+    """{key: root/name} for the files a job writes under its output folder."""
+    return {key: FileSystems.join(root, name) for key, name in names.items()}
+
+
+def estimated_rows(path: str, plan_only: bool = False) -> int:
+    """Rows guessed from the manifest's size (output sharding only); a plan assumes GLDv2's."""
+    if plan_only:
+        return PLAN_ROWS_GUESS
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    return max(1, size // _BYTES_PER_ROW_GUESS)
+
+
+def local_runner_args(beam_args: list[str]) -> list[str]:
+    """Beam's default local runner first downloads a binary; use the in-process one instead."""
+    if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        return beam_args
+    return [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_threading",
+        f"--direct_num_workers={os.cpu_count() or 1}",
+        *beam_args,
+    ]
+
+
+def collect_counters(result: beam.runners.runner.PipelineResult) -> Counters:
+    """Beam counters as {namespace (stage): {name: value}}, summed over steps."""
+    counters: Counters = {}
+    for counter in result.metrics().query(MetricsFilter())["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        stage = counters.setdefault(counter.key.metric.namespace, {})
+        stage[counter.key.metric.name] = stage.get(counter.key.metric.name, 0) + int(value or 0)
+    return counters
+
+
+def run_pipeline(
+    build: Callable[[beam.Pipeline], object], beam_args: list[str] | None, show_progress: bool
+) -> tuple[Counters, float]:
+    """Build with `build(pipeline)`, run to completion; returns (counters, wall seconds)."""
+    progress.set_enabled(show_progress)
+    lock_buffer_creation()
+    options = PipelineOptions(local_runner_args(list(beam_args or [])), save_main_session=False)
+    started = time.time()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return collect_counters(result), time.time() - started
+
+
+def busy_seconds(counters: Counters) -> dict[str, float]:
+    """`<stage>/busy_ms` counters in seconds (summed over workers and fetch threads)."""
+    return {stage: round(c["busy_ms"] / 1000, 3) for stage, c in sorted(counters.items()) if "busy_ms" in c}
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import numpy
+    import pyarrow
+
+    return {
+        "python": platform.python_version(),
+        "apache_beam": beam.__version__,
+        "opencv": cv2.__version__,
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def write_json(path: str, value: Any) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write((json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))

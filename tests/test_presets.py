@@ -1,0 +1,37 @@
+"""Selection presets and flags: `gldv2-components` (default) and `gldv2-official` (smlyaka)."""
+
+from __future__ import annotations
+
+from pipeline.cli import _curate_parser, overrides_from
+from pipeline.config import build_config
+
+
+def _config(*flags: str):
+    args, _ = _curate_parser().parse_known_args(["--train-csv", "t.csv", "--output", "o", *flags])
+    return build_config(args.train_csv, args.output, args.preset, overrides_from(args))
+
+
+def test_default_preset_is_connected_components() -> None:
+    config = _config()
+    assert config.preset == "gldv2-components"
+    assert (config.select.policy, config.select.min_inliers, config.select.min_component_size) == ("components", 30, 2)
+    assert not config.select.largest_component_only
+
+
+def test_official_preset_is_the_smlyaka_rule_with_their_ransac() -> None:
+    config = _config("--preset", "gldv2-official")
+    select = config.select
+    assert (select.policy, select.min_inliers, select.min_degree, select.min_class_size) == ("degree", 30, 3, 2)
+    assert (config.verify.model, config.verify.ransac_threshold, config.verify.ransac_iterations) == (
+        "affine",
+        20.0,
+        1000,
+    )
+    assert config.pairs.k == 100
+
+
+def test_flags_override_the_preset() -> None:
+    config = _config("--preset", "gldv2-official", "--min-degree", "2", "--min-class-size", "3")
+    assert (config.select.policy, config.select.min_degree, config.select.min_class_size) == ("degree", 2, 3)
+    largest = _config("--policy", "components", "--keep-largest-component")
+    assert largest.select.largest_component_only and largest.select.policy == "components"

@@ -1,0 +1,334 @@
+"""Label-noise audit beyond removal: what the within-class rule cannot see.
+
+- `cross_class_match`: two images filed under different classes that verify strongly (likely a
+  mislabeled image, or two ids for one landmark);
+- `exact_duplicate` / `near_duplicate`: the same photo (same bytes / close perceptual hash)
+  filed under different classes;
+- `split_class`: a class whose verified graph splits into several large components (possibly
+  several landmarks merged under one id).
+
+Cross-class verification cannot afford all pairs (n^2 over 4.1M images). Candidates come from
+buckets: every image falls in `bands` SimHash buckets of its global signature, buckets are
+processed in chunks of at most `max_bucket` images, and inside a chunk each image proposes
+its `partners_per_image` most similar images of other classes. So an image is verified
+against at most `bands * partners_per_image` partners it chose (plus those that chose it, at
+most `bands * (max_bucket - 1)`), and no worker holds more than one chunk of signatures or,
+when verifying, one image's features and those of its partners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+
+from schemas.records import AuditFinding, DecodedImage, ImageDecision, LocalFeatures
+from schemas.vocabulary import Stage
+from transforms.audit_signatures import (
+    bits_for,
+    descriptor_mean,
+    global_signature,
+    grey_of_jpeg,
+    hamming,
+    hash_bands,
+    hyperplanes,
+    perceptual_hash,
+    simhash_codes,
+)
+from transforms.progress import tick
+from transforms.verify import VerifyConfig, verify_pair
+
+STAGE = "audit"
+KINDS = ("cross_class_match", "exact_duplicate", "near_duplicate", "split_class")
+
+# (id, landmark_id) of one image, and a candidate pair (id_a, landmark_a, id_b, landmark_b), id_a < id_b
+Member = tuple[str, int]
+Candidate = tuple[str, int, str, int]
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Bounds and thresholds of the audit.
+
+    `bands`/`bucket_target`/`max_bucket`/`partners_per_image`: cross-class candidates (see the
+    module docstring); `phash_bands`/`near_duplicate_bits`/`near_window`: near duplicates
+    (pairs within `near_duplicate_bits` < `phash_bands` always share a band; inside a band's
+    bucket each image is compared with the next `near_window` images in hash order);
+    `split_component_size`: a component this large counts towards `split_class`."""
+
+    enabled: bool = True
+    bands: int = 2
+    bucket_target: int = 8
+    max_bucket: int = 64
+    partners_per_image: int = 1
+    phash_bands: int = 8
+    near_duplicate_bits: int = 6
+    near_window: int = 64
+    split_component_size: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.bands, self.bucket_target, self.partners_per_image, self.near_window) < 1:
+            raise ValueError("bands, bucket_target, partners_per_image and near_window must be >= 1")
+        if self.max_bucket < 2:
+            raise ValueError("max_bucket must be >= 2")
+        if self.phash_bands not in (1, 2, 4, 8, 16):
+            raise ValueError("phash_bands must divide 64 into whole bytes or nibbles: 1, 2, 4, 8 or 16")
+        if not 0 <= self.near_duplicate_bits < 64:
+            raise ValueError("near_duplicate_bits must be in [0, 64)")
+        if self.split_component_size < 2:
+            raise ValueError("split_component_size must be >= 2")
+
+
+def _ordered(a: Member, b: Member) -> Candidate:
+    (id_a, lid_a), (id_b, lid_b) = sorted((a, b))
+    return id_a, lid_a, id_b, lid_b
+
+
+# ---- duplicates -------------------------------------------------------------------------------
+
+
+def exact_duplicates(sha256: str, members: Iterable[Member]) -> Iterator[AuditFinding]:
+    """Images with the same bytes under different classes: each against the group's smallest id
+    (linear in the group, however many copies of a placeholder image there are)."""
+    members = sorted(members)
+    classes = {lid for _, lid in members}
+    if len(classes) < 2:
+        return
+    first_id, first_lid = members[0]
+    detail = f"sha256 {sha256[:16]}: {len(members)} copies in {len(classes)} classes"
+    for image_id, lid in members[1:]:
+        if lid != first_lid:
+            yield AuditFinding("exact_duplicate", first_lid, first_id, lid, image_id, len(members), detail)
+
+
+def near_duplicates(
+    members: Iterable[tuple[int, str, str, int]], max_bits: int, window: int
+) -> Iterator[tuple[Candidate, int]]:
+    """(pair, distance) for members (phash, sha256, id, landmark_id) of one hash bucket that lie
+    in different classes within `max_bits`; same-bytes pairs are left to `exact_duplicates`.
+    Each member is compared with the next `window` in hash order (exact while the bucket holds
+    at most window + 1 images)."""
+    members = sorted(members)
+    for i, (phash, sha, image_id, lid) in enumerate(members):
+        for other_hash, other_sha, other_id, other_lid in members[i + 1 : i + 1 + window]:
+            distance = hamming(phash, other_hash)
+            if other_lid != lid and other_sha != sha and distance <= max_bits:
+                yield _ordered((image_id, lid), (other_id, other_lid)), distance
+
+
+def _near_in_bucket(
+    _key: tuple[int, int], members: Iterable[tuple[int, str, str, int]], config: AuditConfig = AuditConfig()
+) -> Iterator[tuple[Candidate, int]]:
+    return near_duplicates(members, config.near_duplicate_bits, config.near_window)
+
+
+def _near_finding(pair_and_distance: tuple[Candidate, int]) -> AuditFinding:
+    (id_a, lid_a, id_b, lid_b), distance = pair_and_distance
+    return AuditFinding("near_duplicate", lid_a, id_a, lid_b, id_b, distance, f"pHash distance {distance} of 64 bits")
+
+
+# ---- cross-class candidates -------------------------------------------------------------------
+
+
+def _rank(image_id: str) -> bytes:
+    # chunks of an oversized bucket are cut in hash order, not id order, so they mix classes
+    return hashlib.sha1(image_id.encode()).digest()
+
+
+def cross_class_candidates(chunk: list[tuple[str, int, np.ndarray]], partners_per_image: int) -> Iterator[Candidate]:
+    """For chunk members (id, landmark_id, signature [D] unit vector), each image's most similar
+    images of other classes (cosine of signatures; ties by smaller id)."""
+    if len({lid for _, lid, _ in chunk}) < 2:
+        return
+    chunk = sorted(chunk, key=lambda m: m[0])
+    labels = np.array([lid for _, lid, _ in chunk])
+    similarity = np.stack([s for _, _, s in chunk]) @ np.stack([s for _, _, s in chunk]).T
+    similarity[labels[:, None] == labels[None, :]] = -np.inf
+    for i, (image_id, lid, _) in enumerate(chunk):
+        # stable sort on -similarity keeps the smaller id first among ties
+        for j in np.argsort(-similarity[i], kind="stable")[:partners_per_image]:
+            if np.isfinite(similarity[i, j]):
+                yield _ordered((image_id, lid), (chunk[j][0], chunk[j][1]))
+
+
+def _bucket_chunks(
+    _key: tuple[int, int], members: Iterable[tuple[str, int, np.ndarray]], config: AuditConfig = AuditConfig()
+) -> Iterator[list[tuple[str, int, np.ndarray]]]:
+    members = sorted(members, key=lambda m: _rank(m[0]))
+    for start in range(0, len(members), config.max_bucket):
+        yield members[start : start + config.max_bucket]
+
+
+def _signature_buckets(
+    features: LocalFeatures, centre: np.ndarray, images: int, config: AuditConfig
+) -> Iterator[tuple[tuple[int, int], tuple[str, int, np.ndarray]]]:
+    signature = global_signature(descriptor_mean(features.descriptors), centre)
+    if not signature.any():
+        return
+    planes = hyperplanes(config.seed, config.bands, len(signature))
+    for band, code in enumerate(simhash_codes(signature, planes, bits_for(images, config.bucket_target))):
+        yield (band, code), (features.id, features.landmark_id, signature)
+
+
+# ---- verification of candidates (features joined twice: by id_a, then by id_b) --------------
+
+
+def _with_first(image_id: str, grouped: dict) -> Iterator[tuple[str, tuple[Candidate, LocalFeatures]]]:
+    features = list(grouped["features"])
+    if features:
+        for candidate in grouped["candidates"]:
+            yield candidate[2], (candidate, features[0])
+
+
+def verify_candidate(
+    candidate: Candidate, a: LocalFeatures, b: LocalFeatures, verify: VerifyConfig, min_inliers: int
+) -> AuditFinding | None:
+    """A `cross_class_match` finding when the pair has at least `min_inliers` inliers, else None."""
+    num_matches, inliers, _ = verify_pair(a, b, verify)
+    if inliers < min_inliers:
+        return None
+    id_a, lid_a, id_b, lid_b = candidate
+    return AuditFinding("cross_class_match", lid_a, id_a, lid_b, id_b, inliers, f"{num_matches} putative matches")
+
+
+class _VerifyCandidatesFn(beam.DoFn):
+    def __init__(self, verify: VerifyConfig, min_inliers: int) -> None:
+        self._verify = verify
+        self._min_inliers = min_inliers
+
+    def process(self, element: tuple[str, dict]) -> Iterator[AuditFinding]:
+        _, grouped = element
+        features = list(grouped["features"])
+        if not features:
+            return
+        for candidate, first in sorted(grouped["halves"], key=lambda h: h[0]):
+            finding = verify_candidate(candidate, first, features[0], self._verify, self._min_inliers)
+            tick(STAGE, "cross_class_verified")
+            if finding:
+                yield finding
+
+
+# ---- split classes ----------------------------------------------------------------------------
+
+
+def split_class(landmark_id: int, components: Iterable[tuple[int, int]], min_size: int) -> Iterator[AuditFinding]:
+    """A `split_class` finding when a class has >= 2 components (component_id, size) of >= min_size."""
+    large = sorted({c for c in components if c[1] >= min_size})
+    if len(large) >= 2:
+        sizes = ", ".join(str(size) for _, size in large)
+        yield AuditFinding("split_class", landmark_id, "", -1, "", len(large), f"component sizes {sizes}")
+
+
+def _split_of_class(
+    landmark_id: int, components: Iterable[tuple[int, int]], config: AuditConfig = AuditConfig()
+) -> Iterator[AuditFinding]:
+    return split_class(landmark_id, components, config.split_component_size)
+
+
+def _component_of(decision: ImageDecision) -> Iterator[tuple[int, tuple[int, int]]]:
+    if decision.stage == Stage.SELECT.value:
+        yield decision.landmark_id, (decision.component_id, decision.component_size)
+
+
+def _hashes(image: DecodedImage) -> Iterator[tuple[int, str, str, int]]:
+    # Decode here rather than through `image.pixels`: that caches onto a record that other
+    # branches (features, the image store) read and pickle at the same time.
+    grey = grey_of_jpeg(image.jpeg)
+    if grey is not None:
+        yield perceptual_hash(grey), image.sha256, image.row.id, image.row.landmark_id
+
+
+def _phash_buckets(hashed: tuple[int, str, str, int], bands: int) -> Iterator[tuple[tuple[int, int], tuple]]:
+    for band, code in enumerate(hash_bands(hashed[0], bands)):
+        yield (band, code), hashed
+
+
+class _MeanVector(beam.CombineFn):
+    """Element-wise mean of equal-length vectors [D] (Beam's Mean assumes scalars); None if empty."""
+
+    def create_accumulator(self) -> tuple[np.ndarray | None, int]:
+        return None, 0
+
+    def add_input(self, accumulator: tuple, vector: np.ndarray) -> tuple[np.ndarray, int]:
+        total, count = accumulator
+        return (vector if total is None else total + vector), count + 1
+
+    def merge_accumulators(self, accumulators: Iterable[tuple]) -> tuple[np.ndarray | None, int]:
+        total, count = None, 0
+        for part_total, part_count in accumulators:
+            if part_total is not None:
+                total = part_total if total is None else total + part_total
+            count += part_count
+        return total, count
+
+    def extract_output(self, accumulator: tuple) -> np.ndarray | None:
+        total, count = accumulator
+        return None if total is None else total / count
+
+
+def _counted(finding: AuditFinding) -> AuditFinding:
+    tick(STAGE, finding.kind)
+    return finding
+
+
+class AuditLabels(beam.PTransform):
+    """{"decoded": DecodedImage, "features": LocalFeatures, "decisions": ImageDecision}
+    -> AuditFinding PCollection (cross-class matches, duplicates, split classes)."""
+
+    def __init__(self, config: AuditConfig, verify: VerifyConfig, min_inliers: int) -> None:
+        super().__init__()
+        self._config = config
+        self._verify = verify
+        self._min_inliers = min_inliers
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        cfg = self._config
+        hashed = inputs["decoded"] | "Hash" >> beam.FlatMap(_hashes)
+        exact = (
+            hashed
+            | "BySha" >> beam.Map(lambda h: (h[1], (h[2], h[3])))
+            | "GroupSha" >> beam.GroupByKey()
+            | "ExactDuplicates" >> beam.FlatMapTuple(exact_duplicates)
+        )
+        near = (
+            hashed
+            | "PhashBuckets" >> beam.FlatMap(_phash_buckets, bands=cfg.phash_bands)
+            | "GroupPhash" >> beam.GroupByKey()
+            | "NearPairs" >> beam.FlatMapTuple(_near_in_bucket, config=cfg)
+            | "DistinctNear" >> beam.Distinct()
+            | "NearFindings" >> beam.Map(_near_finding)
+        )
+        split = (
+            inputs["decisions"]
+            | "Components" >> beam.FlatMap(_component_of)
+            | "GroupComponents" >> beam.GroupByKey()
+            | "SplitClasses" >> beam.FlatMapTuple(_split_of_class, config=cfg)
+        )
+        features = inputs["features"]
+        means = features | "Means" >> beam.Map(lambda f: descriptor_mean(f.descriptors))
+        centre = beam.pvalue.AsSingleton(means | "Centre" >> beam.CombineGlobally(_MeanVector()))
+        images = beam.pvalue.AsSingleton(features | "CountImages" >> beam.combiners.Count.Globally())
+        candidates = (
+            features
+            | "SignatureBuckets" >> beam.FlatMap(_signature_buckets, centre, images, config=cfg)
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "Chunks" >> beam.FlatMapTuple(_bucket_chunks, config=cfg)
+            | "Candidates" >> beam.FlatMap(cross_class_candidates, partners_per_image=cfg.partners_per_image)
+            | "DistinctCandidates" >> beam.Distinct()
+        )
+        by_id = features | "FeaturesById" >> beam.Map(lambda f: (f.id, f))
+        halves = (
+            {"features": by_id, "candidates": candidates | "ByFirst" >> beam.Map(lambda c: (c[0], c))}
+            | "JoinFirst" >> beam.CoGroupByKey()
+            | "WithFirst" >> beam.FlatMapTuple(_with_first)
+        )
+        matches = (
+            {"features": by_id, "halves": halves}
+            | "JoinSecond" >> beam.CoGroupByKey()
+            | "VerifyCandidates" >> beam.ParDo(_VerifyCandidatesFn(self._verify, self._min_inliers))
+        )
+        return (exact, near, split, matches) | "AllFindings" >> beam.Flatten() | "Count" >> beam.Map(_counted)

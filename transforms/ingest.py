@@ -1,0 +1,198 @@
+"""Stages 2-3 as one composite: reuse what the store already has, fetch the rest (HTTP, an
+image folder or the tar shards), decode, and write the store as the run goes.
+
+Re-running with the same `--output` therefore resumes: an id stored by an earlier (even killed)
+run is read back instead of downloaded, a row that already failed keeps its recorded failure
+(`--retry-failed` fetches those rows again, and only those and the never-tried ones), and the
+final tables are the same as an uninterrupted run's because features are always computed from
+the stored JPEG bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import DecodedImage, Failure, ManifestRow
+from schemas.tables import (
+    IMAGES_SCHEMA,
+    INGEST_FAILURES_SCHEMA,
+    image_from_row,
+    image_to_row,
+    ingest_failure_from_row,
+    ingest_failure_to_row,
+)
+from transforms.decode import DecodeConfig, DecodeImages
+from transforms.fetch import FetchConfig, FetchImages
+from transforms.image_store import (
+    FAILURES_DIR,
+    IMAGES_DIR,
+    StoreConfig,
+    WriteStoreParts,
+    attempt_dirs,
+    check_fingerprint,
+    next_attempt_dir,
+    part_files,
+    read_rows,
+)
+from transforms.progress import tick
+from transforms.tar_shards import FetchFromTars
+
+STAGE = "ingest"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """`store`: the run's `--output` (images and the failure log live under it).
+    `plan_only`: build the graph without touching the store or listing shards (dry runs)."""
+
+    store: str
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    parts: StoreConfig = field(default_factory=StoreConfig)
+    plan_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise ValueError("an output folder for the image store is required")
+
+    def fingerprint(self) -> dict:
+        """What decides the stored bytes of an image; a store only mixes runs that agree on it."""
+        return {"decode": asdict(self.decode)}
+
+
+def resume(
+    image_id: str, grouped: dict[str, Iterable], retry_failed: bool = False
+) -> Iterator[ManifestRow | DecodedImage | Failure]:
+    """The outcome of one id given what earlier runs left: a stored image (when its URL is
+    still the row's), else the latest logged failure (unless `retry_failed`), else the row
+    itself, to be fetched. Stored ids no longer in the manifest yield nothing."""
+    for row in grouped["rows"]:
+        stored = sorted((r for r in grouped["stored"] if r["url"] == row.url), key=lambda r: (r["sha256"], r["jpeg"]))
+        if stored:
+            tick(STAGE, "reused")
+            yield image_from_row(stored[0], row)
+            continue
+        failed = sorted((a, r) for a, r in grouped["failed"] if r["url"] == row.url)
+        if failed and not retry_failed:
+            try:
+                failure = ingest_failure_from_row(failed[-1][1], row)
+            except ValueError:  # logged by a version with another vocabulary: fetch again
+                failure = None
+            if failure is not None:
+                tick(STAGE, f"logged/{failure.stage.value}/{failure.reason.value}")
+                yield failure
+                continue
+        tick(STAGE, "to_fetch")
+        yield row
+
+
+def _kind(item: ManifestRow | DecodedImage | Failure) -> Iterator[object]:
+    if isinstance(item, ManifestRow):
+        yield item
+    else:
+        yield beam.pvalue.TaggedOutput("failures" if isinstance(item, Failure) else "reused", item)
+
+
+def _read_logged(numbered: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dict]]]:
+    attempt, path = numbered
+    for row in read_rows(path):
+        yield row["id"], (attempt, row)
+
+
+class _Resume(beam.PTransform):
+    """rows -> (rows to fetch, reused DecodedImages, Failures logged by earlier runs)."""
+
+    def __init__(self, images: list[str], logged: list[tuple[int, str]], retry_failed: bool) -> None:
+        super().__init__()
+        self._images = images
+        self._logged = logged
+        self._retry_failed = retry_failed
+
+    def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+        pipeline = rows.pipeline
+        stored = (
+            pipeline
+            | "StoredParts" >> beam.Create(self._images)
+            | "ReadStored" >> beam.FlatMap(read_rows)
+            | "KeyStored" >> beam.Map(lambda r: (r["id"], r))
+        )
+        failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(_read_logged)
+        outcomes = (
+            {"rows": rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)), "stored": stored, "failed": failed}
+            | "JoinStore" >> beam.CoGroupByKey()
+            | "Resume" >> beam.FlatMapTuple(resume, retry_failed=self._retry_failed)
+            | "Kind" >> beam.ParDo(_kind).with_outputs("reused", "failures", main="rows")
+        )
+        return outcomes.rows, outcomes.reused, outcomes.failures
+
+
+def duplicate_groups(sha256: str, members: Iterable[tuple[str, int]]) -> Iterator[dict]:
+    """One row per image whose fetched bytes are identical to another image's (`group_size` > 1)."""
+    ordered = sorted(members)
+    if len(ordered) < 2:
+        return
+    for image_id, landmark_id in ordered:
+        yield {
+            "sha256": sha256,
+            "id": image_id,
+            "landmark_id": landmark_id,
+            "group_size": len(ordered),
+            "same_class": len({lid for _, lid in ordered}) == 1,
+        }
+
+
+class Ingest(beam.PTransform):
+    """ManifestRow PCollection -> dict of PCollections: `images` (DecodedImage), `failures`
+    (fetch/decode Failures, new and logged), `duplicates` (exact-duplicate rows) and, when
+    reading tars, `shard_reports` (ShardReport).
+
+    A fresh run has no resume join and no flattening with empty inputs: the graph only has
+    the branches that carry data."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
+        config = self._config
+        images_dir = FileSystems.join(config.store, IMAGES_DIR)
+        if config.plan_only:
+            stored, logged = [], []
+            log_dir = FileSystems.join(config.store, FAILURES_DIR, "attempt-NNNN")
+        else:
+            check_fingerprint(config.store, config.fingerprint())
+            stored, logged = part_files(images_dir), attempt_dirs(config.store)
+            log_dir = next_attempt_dir(config.store)
+        to_fetch, outputs = rows, {}
+        resuming = bool(stored or logged)
+        if resuming:
+            logged_parts = [(number, path) for number, folder in logged for path in part_files(folder)]
+            resume_join = _Resume(stored, logged_parts, config.fetch.retry_failed)
+            to_fetch, reused, logged_failures = rows | "Resume" >> resume_join
+        if config.fetch.tar_dir:
+            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "FetchFromTars" >> FetchFromTars(
+                config.fetch.tar_dir, config.fetch.max_bytes, list_now=not config.plan_only
+            )
+        else:
+            fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
+        decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
+        decoded | "StoreImages" >> WriteStoreParts(images_dir, IMAGES_SCHEMA, image_to_row, config.parts)
+        new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
+        new_failures | "LogFailures" >> WriteStoreParts(
+            log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, config.parts
+        )
+        images, failures = decoded, new_failures
+        if resuming:
+            images = (decoded, reused) | "AllImages" >> beam.Flatten()
+            failures = (new_failures, logged_failures) | "IngestFailures" >> beam.Flatten()
+        outputs["duplicates"] = (
+            images
+            | "ByContent" >> beam.Map(lambda i: (i.sha256, (i.row.id, i.row.landmark_id)))
+            | "GroupContent" >> beam.GroupByKey()
+            | "Duplicates" >> beam.FlatMapTuple(duplicate_groups)
+        )
+        return {"images": images, "failures": failures, **outputs}
