@@ -133,9 +133,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _image(image_id: str, colour: tuple[int, int, int], landmark_id: int = 4) -> DecodedImage:
-    pixels = np.empty((16, 24, 3), np.uint8)
-    pixels[:] = colour
-    return DecodedImage(ManifestRow(0, image_id, "", landmark_id), pixels, b"", 24, 16, 0, "")
+    """A 24x16 image of one RGB colour, stored losslessly (PNG) so its pixels are exact."""
+    bgr = np.empty((16, 24, 3), np.uint8)
+    bgr[:] = colour[::-1]
+    encoded = cv2.imencode(".png", bgr)[1].tobytes()
+    return DecodedImage(ManifestRow(0, image_id, "", landmark_id), encoded, 24, 16, 24, 16, len(encoded), "")
 
 
 def test_copy_to_local_keeps_the_layout(tiny_model: str, tmp_path) -> None:
