@@ -38,7 +38,7 @@ def _configure_logging() -> None:
 _configure_logging()
 
 from pipeline.baseline_cli import BASELINE_COMMANDS, demo_baselines  # noqa: E402
-from pipeline.config import PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+from pipeline.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
 def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +98,18 @@ def _curate_parser() -> argparse.ArgumentParser:
         "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
     )
     pairs = parser.add_argument_group("pairs and verification")
-    pairs.add_argument("--pairs", choices=["all", "random"], help="candidate pairs per class (default all)")
-    pairs.add_argument("--pairs-k", type=int, help="partners per image when a class is too large for all pairs")
+    pairs.add_argument(
+        "--pairs", choices=["all", "knn", "random"], help="candidate pairs per class (default all; knn above the cap)"
+    )
+    pairs.add_argument("--pairs-k", type=int, help="partners per image for knn/random (default 10)")
     pairs.add_argument("--max-class-for-all", type=int, help="largest class that gets all pairs (default 40)")
     pairs.add_argument("--seed", type=int, help="seed of pair sampling")
+    pairs.add_argument("--embedding-model", help="SavedModel (any Beam path) giving knn's global descriptor")
+    pairs.add_argument("--embedding-signature", help="its embedding signature (default serving_default)")
+    pairs.add_argument(
+        "--matching", default="default", choices=sorted(MATCHING_PRESETS), help="verification recipe preset"
+    )
+    pairs.add_argument("--ransac-model", choices=["affine", "homography", "fundamental"], help="default affine")
     pairs.add_argument("--ratio", type=float, help="Lowe ratio (default 0.9)")
     pairs.add_argument("--ransac-threshold", type=float, help="RANSAC reprojection threshold in px (default 12)")
     select = parser.add_argument_group("selection")
@@ -144,6 +152,9 @@ _OVERRIDES = {
     "pairs_k": ("pairs", "k"),
     "max_class_for_all": ("pairs", "max_class_for_all"),
     "seed": ("pairs", "seed"),
+    "embedding_model": ("pairs", "embedding_model"),
+    "embedding_signature": ("pairs", "embedding_signature"),
+    "ransac_model": ("verify", "model"),
     "ratio": ("verify", "ratio"),
     "ransac_threshold": ("verify", "ransac_threshold"),
     "min_inliers": ("select", "min_inliers"),
@@ -192,7 +203,9 @@ def curate_main(argv: list[str]) -> int:
     if args.no_audit:
         overrides.setdefault("audit", {})["enabled"] = False
     try:
-        config = build_config(args.train_csv, args.output, args.preset, overrides, progress=not args.no_progress)
+        config = build_config(
+            args.train_csv, args.output, args.preset, overrides, progress=not args.no_progress, matching=args.matching
+        )
         if args.dry_run:
             return _dry_run(config, beam_args)
         run = run_curation(config, beam_args)

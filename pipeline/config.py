@@ -28,6 +28,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+#: `--matching` presets fill verification settings over the preset; explicit flags override them.
+MATCHING_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    # DELF's official recipe (research/delf match_images.py): 1-NN under descriptor distance
+    # 0.8, no ratio or mutual test, affine RANSAC with a 20 px residual and 1000 trials.
+    "delf-reference": {
+        "verify": {
+            "ratio": 1.0,
+            "mutual": False,
+            "max_distance": 0.8,
+            "model": "affine",
+            "ransac_threshold": 20.0,
+            "ransac_iterations": 1000,
+            "local_optimisation": False,
+        }
+    },
+}
+
 
 @dataclass(frozen=True)
 class CurateConfig:
@@ -36,6 +54,7 @@ class CurateConfig:
     train_csv: str
     output: str
     preset: str = "gldv2-components"
+    matching: str = "default"
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -53,6 +72,8 @@ class CurateConfig:
             raise ValueError("train_csv and output are required")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if self.matching not in MATCHING_PRESETS:
+            raise ValueError(f"unknown matching {self.matching!r}; choose from {sorted(MATCHING_PRESETS)}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,12 +97,22 @@ def build_config(
     preset: str = "gldv2-components",
     overrides: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    matching: str = "default",
 ) -> CurateConfig:
-    """Resolve preset + explicit overrides (stage -> field -> value) into a validated config."""
+    """Resolve preset + matching preset + explicit overrides (stage -> field -> value) into a
+    validated config."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if matching not in MATCHING_PRESETS:
+        raise ValueError(f"unknown matching {matching!r}; choose from {sorted(MATCHING_PRESETS)}")
     stages: dict[str, Any] = {}
     for stage, cls in STAGE_CONFIGS.items():
-        values = {**PRESETS[preset].get(stage, {}), **(overrides or {}).get(stage, {})}
+        values = {
+            **PRESETS[preset].get(stage, {}),
+            **MATCHING_PRESETS[matching].get(stage, {}),
+            **(overrides or {}).get(stage, {}),
+        }
         stages[stage] = cls(**values)
-    return CurateConfig(train_csv=train_csv, output=output, preset=preset, progress=progress, **stages)
+    return CurateConfig(
+        train_csv=train_csv, output=output, preset=preset, matching=matching, progress=progress, **stages
+    )

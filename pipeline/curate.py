@@ -66,7 +66,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
     decoded, ingest_failures = build_ingest(pipeline, rows, config)
     extract = ExtractFeatures(config.features, check_model=not config.plan_only)
     features, feature_failures = decoded | "ExtractFeatures" >> extract
-    pairs_by_block, needs = features | "GeneratePairs" >> GeneratePairs(config.pairs)
+    pairs_by_block, needs = {"features": features, "images": decoded} | "GeneratePairs" >> GeneratePairs(config.pairs)
     pairs = {"features": features, "pairs": pairs_by_block, "needs": needs} | "VerifyPairs" >> VerifyPairs(
         config.verify
     )

@@ -14,6 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import LocalFeatures
+from transforms.global_descriptor import aggregate_local
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, members_by_class, plan_class
 
 
@@ -26,6 +27,11 @@ def _ids(n: int, seed: int = 0) -> list[str]:
     ids = [f"{i * 7919 + 13:016x}" for i in range(n)]
     random.Random(seed).shuffle(ids)
     return ids
+
+
+def _descriptors(ids: list[str], seed: int = 0, dimension: int = 16) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {image_id: rng.standard_normal(dimension).astype(np.float32) for image_id in sorted(ids)}
 
 
 def _split(planned: list) -> tuple[list, list]:
@@ -67,26 +73,67 @@ def test_duplicate_ids_are_ignored() -> None:
     assert candidate_pairs(1, ["b", "a", "b", "c", "a"], PairConfig()) == [("a", "b"), ("a", "c"), ("b", "c")]
 
 
-def test_large_class_falls_back_to_random_partners() -> None:
+def test_large_class_falls_back_to_knn() -> None:
     n, k = 100, 5
     ids = _ids(n)
+    descriptors = _descriptors(ids)
     config = PairConfig(mode="all", max_class_for_all=40, k=k, seed=3)
-    pairs = candidate_pairs(12, ids, config)
+    pairs = candidate_pairs(12, ids, config, descriptors)
     _check_pair_invariants(pairs, ids)
-    # each image draws k distinct partners; a pair can be drawn from both ends at most
+    # each image brings its k nearest; a pair can be chosen from both ends at most
     assert n * k // 2 <= len(pairs) <= n * k
-    assert len(pairs) < n * (n - 1) // 2
     degree = Counter(itertools.chain.from_iterable(pairs))
     assert set(degree) == set(ids), "every image is in at least one pair"
     assert min(degree.values()) >= k
-    # "all" above the threshold is exactly "random" with the same k and seed
-    assert pairs == candidate_pairs(12, ids, PairConfig(mode="random", k=k, seed=3))
+    # "all" above the threshold is exactly "knn" with the same k
+    assert pairs == candidate_pairs(12, ids, PairConfig(mode="knn", k=k), descriptors)
+
+
+def test_knn_needs_descriptors() -> None:
+    ids = _ids(50)
+    with pytest.raises(ValueError, match="global descriptor"):
+        candidate_pairs(1, ids, PairConfig(mode="knn"))
+    partial = _descriptors(ids[:49])
+    with pytest.raises(ValueError, match="global descriptor"):
+        candidate_pairs(1, ids, PairConfig(mode="all", max_class_for_all=40), partial)
+
+
+def test_knn_pairs_each_image_with_its_nearest_neighbours() -> None:
+    # four tight clusters of five ids: with k = 4 every pair stays inside its cluster
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((4, 8)) * 10
+    ids = _ids(20)
+    descriptors = {
+        image_id: (centres[i % 4] + rng.standard_normal(8) * 0.1).astype(np.float32) for i, image_id in enumerate(ids)
+    }
+    cluster = {image_id: i % 4 for i, image_id in enumerate(ids)}
+    pairs = candidate_pairs(1, ids, PairConfig(mode="knn", k=4), descriptors)
+    _check_pair_invariants(pairs, ids)
+    assert all(cluster[a] == cluster[b] for a, b in pairs)
+    # inside a cluster of five, four nearest = all others: every within-cluster pair, once
+    assert len(pairs) == 4 * 10
+
+
+def test_knn_is_deterministic_and_independent_of_input_order() -> None:
+    ids = _ids(90)
+    descriptors = _descriptors(ids, seed=4)
+    config = PairConfig(mode="knn", k=6)
+    first = candidate_pairs(2, ids, config, descriptors)
+    assert candidate_pairs(2, list(reversed(ids)), config, descriptors) == first
+    assert candidate_pairs(2, ids + ids[:5], config, dict(reversed(list(descriptors.items())))) == first
+
+
+def test_knn_with_k_at_least_class_size_is_complete() -> None:
+    ids = _ids(6)
+    pairs = candidate_pairs(1, ids, PairConfig(mode="knn", k=10), _descriptors(ids))
+    assert pairs == list(itertools.combinations(sorted(ids), 2))
 
 
 def test_threshold_is_inclusive() -> None:
     ids = _ids(41)
+    descriptors = _descriptors(ids)
     at_limit = candidate_pairs(1, ids[:40], PairConfig(max_class_for_all=40, k=2))
-    above = candidate_pairs(1, ids, PairConfig(max_class_for_all=40, k=2))
+    above = candidate_pairs(1, ids, PairConfig(max_class_for_all=40, k=2), descriptors)
     assert len(at_limit) == 40 * 39 // 2
     assert len(above) <= 41 * 2
 
@@ -127,16 +174,25 @@ def test_pair_config_rejects_bad_values(kwargs: dict) -> None:
         PairConfig(**kwargs)
 
 
-def _check_plan(landmark_id: int, ids: list[str], config: PairConfig) -> tuple[list, list]:
-    main, needs = _split(list(plan_class(landmark_id, ids, config)))
-    ordered = sorted(set(ids))
-    block_of = {image_id: i // config.block_size for i, image_id in enumerate(ordered)}
+def _check_plan(landmark_id: int, members: list, config: PairConfig) -> tuple[list, list]:
+    """`members`: ids, or (id, global descriptor) pairs."""
+    main, needs = _split(list(plan_class(landmark_id, members, config)))
+    descriptors = dict(m if isinstance(m, tuple) else (m, None) for m in members)
+    ids = sorted(descriptors)
+    block_of = {image_id: i // config.block_size for i, image_id in enumerate(ids)}
 
     pairs = [pair for _, pair in main]
-    assert pairs == candidate_pairs(landmark_id, ids, config)
+    assert pairs == candidate_pairs(landmark_id, ids, config, descriptors)
+    # every id sits in one block that all its keys name; no block holds more than block_size
+    block_choices: dict[str, set[int]] = {}
     for key, (a, b) in main:
-        assert key == (landmark_id, block_of[a], block_of[b])
-        assert key[1] <= key[2]
+        assert key[0] == landmark_id and key[1] <= key[2]
+        if config.mode != "knn":  # knn cuts blocks from its locality order instead
+            assert key == (landmark_id, block_of[a], block_of[b])
+        for image_id in (a, b):
+            block_choices[image_id] = block_choices.get(image_id, {key[1], key[2]}) & {key[1], key[2]}
+    assert all(block_choices.values())
+    assert max(Counter(min(blocks) for blocks in block_choices.values()).values()) <= config.block_size
 
     expected_needs = {(a, key) for key, (a, _) in main} | {(b, key) for key, (_, b) in main}
     assert needs == sorted(expected_needs), "each (id, block key) exactly once, sorted"
@@ -167,11 +223,12 @@ def test_plan_class_without_pairs_needs_nothing() -> None:
     assert list(plan_class(8, ["lonely"], PairConfig())) == []
 
 
-def test_plan_large_class_bounds_work_per_block() -> None:
+@pytest.mark.parametrize("mode", ["random", "knn"])
+def test_plan_large_class_bounds_work_per_block(mode: str) -> None:
     n, k, block_size = 2000, 10, 32
     ids = _ids(n, seed=5)
-    config = PairConfig(mode="random", k=k, block_size=block_size, seed=1)
-    main, needs = _check_plan(77, ids, config)
+    config = PairConfig(mode=mode, k=k, block_size=block_size, seed=1)
+    main, needs = _check_plan(77, list(_descriptors(ids, dimension=32).items()), config)
     assert n * k // 2 <= len(main) <= n * k
 
     ids_per_key: dict[tuple, set[str]] = defaultdict(set)
@@ -193,32 +250,57 @@ def test_plan_large_class_bounds_work_per_block() -> None:
     assert np.mean(list(keys_per_image.values())) <= 2 * k
 
 
-def _features(image_id: str, landmark_id: int, line: int) -> LocalFeatures:
+def _features(image_id: str, landmark_id: int, line: int, descriptors: np.ndarray | None = None) -> LocalFeatures:
+    descriptors = np.zeros((0, 128), np.uint8) if descriptors is None else descriptors
+    n = len(descriptors)
     return LocalFeatures(
         id=image_id,
         landmark_id=landmark_id,
         line=line,
-        keypoints=np.zeros((0, 2), np.float32),
-        descriptors=np.zeros((0, 128), np.uint8),
-        scales=np.zeros((0,), np.float32),
-        scores=np.zeros((0,), np.float32),
+        keypoints=np.zeros((n, 2), np.float32),
+        descriptors=descriptors,
+        scales=np.zeros((n,), np.float32),
+        scores=np.zeros((n,), np.float32),
         width=10,
         height=10,
     )
+
+
+def test_knn_blocks_follow_neighbourhoods() -> None:
+    """64 groups of 8 near-identical descriptors: knn pairs stay inside a group, and blocks cut
+    from the locality order keep whole groups together, so every image's features travel to
+    one block pair only (in id order they would travel to ~7)."""
+    rng = np.random.default_rng(3)
+    ids = _ids(512, seed=9)
+    centres = rng.standard_normal((64, 16))
+    members = [
+        (image_id, (centres[i % 64] + rng.normal(0, 0.01, 16)).astype(np.float32)) for i, image_id in enumerate(ids)
+    ]
+    main, needs = _check_plan(3, members, PairConfig(mode="knn", k=7, block_size=32))
+    assert len(main) == 64 * 28, "exactly the pairs inside each group"
+    assert {key[1] == key[2] for key, _ in main} == {True}
+    assert len(needs) == len(ids)
 
 
 def test_members_by_class() -> None:
     assert members_by_class(_features("abc", 12, 40)) == (12, ("abc", 40))
 
 
-def test_generate_pairs_transform() -> None:
-    # class 6 is above max_class_for_all (random partners); its ids differ from class 5's
+@pytest.mark.parametrize("mode", ["all", "random"])
+def test_generate_pairs_transform(mode: str) -> None:
+    # class 6 is above max_class_for_all (knn or random partners); its ids differ from class 5's
     classes = {5: _ids(6, seed=1), 6: [f"z{image_id}" for image_id in _ids(45, seed=2)], 9: ["solo"]}
-    config = PairConfig(max_class_for_all=40, k=3, block_size=4, seed=2)
-    features = [_features(image_id, lid, i) for lid, ids in classes.items() for i, image_id in enumerate(ids)]
+    config = PairConfig(mode=mode, max_class_for_all=40, k=3, block_size=4, seed=2)
+    rng = np.random.default_rng(7)
+    features = [
+        _features(image_id, lid, i, rng.integers(0, 256, (30, 128), dtype=np.uint8))
+        for lid, ids in classes.items()
+        for i, image_id in enumerate(ids)
+    ]
     expected_main, expected_needs = [], []
-    for lid, ids in classes.items():
-        main, needs = _split(list(plan_class(lid, ids, config)))
+    for lid in classes:
+        members = [(f.id, aggregate_local(f.descriptors)) for f in features if f.landmark_id == lid]
+        main, needs = _split(list(plan_class(lid, members, config)))
         expected_main += main
         expected_needs += needs
     assert len(expected_main) > 15 and len(expected_needs) > 0

@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo_data import _texture
 from schemas.records import LocalFeatures, PairResult
+from transforms import verify
 from transforms.features import FeatureConfig, SiftExtractor
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs
 from transforms.verify import VerifyConfig, VerifyPairs, putative_matches, verify_pair, verify_result
@@ -206,37 +207,90 @@ def test_real_features_of_a_rotated_copy_verify(real_features: list[LocalFeature
 
 def test_verify_pair_is_deterministic(real_features: list[LocalFeatures]) -> None:
     a, b, c = real_features
-    for config in (VerifyConfig(), VerifyConfig(model="homography")):
+    for config in (VerifyConfig(), VerifyConfig(model="homography"), VerifyConfig(model="fundamental")):
         assert verify_pair(a, b, config) == verify_pair(a, b, config)
         assert verify_pair(a, c, config) == verify_pair(a, c, config)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2])
-def test_too_few_features(scene: tuple, n: int) -> None:
+@pytest.mark.parametrize("model", ["affine", "homography", "fundamental"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_zero_to_three_matches_never_verify(scene: tuple, model: str, n: int) -> None:
     points, descriptors = scene
     few = _features("few", points[:n], descriptors[:n])
     many = _features("many", points, descriptors)
-    assert verify_pair(few, few, VerifyConfig()) == (n, 0, "too_few_matches")
-    assert verify_pair(few, many, VerifyConfig()) == (n, 0, "too_few_matches")
-    assert verify_pair(many, few, VerifyConfig(model="homography")) == (n, 0, "too_few_matches")
+    config = VerifyConfig(model=model)
+    assert verify_pair(few, few, config) == (n, 0, "too_few_matches")
+    assert verify_pair(few, many, config) == (n, 0, "too_few_matches")
+    assert verify_pair(many, few, config) == (n, 0, "too_few_matches")
 
 
-def test_homography_needs_four_matches(scene: tuple) -> None:
+@pytest.mark.parametrize("model", ["affine", "homography", "fundamental"])
+def test_no_features_on_either_side(scene: tuple, model: str) -> None:
     points, descriptors = scene
-    three = _features("three", points[:3], descriptors[:3])
-    assert verify_pair(three, three, VerifyConfig(model="homography")) == (3, 0, "too_few_matches")
-    num_matches, inliers, reason = verify_pair(three, three, VerifyConfig(model="affine"))
-    assert (num_matches, inliers, reason) == (3, 3, "")
+    empty = _features("empty", np.zeros((0, 2)), np.zeros((0, 128), np.uint8))
+    many = _features("many", points, descriptors)
+    config = VerifyConfig(model=model)
+    assert verify_pair(empty, many, config) == (0, 0, "no_features")
+    assert verify_pair(many, empty, config) == (0, 0, "no_features")
+    assert verify_pair(empty, empty, config) == (0, 0, "no_features")
 
 
-@pytest.mark.parametrize("model", ["affine", "homography"])
-def test_all_keypoints_at_one_place_never_raises(scene: tuple, model: str) -> None:
-    _, descriptors = scene
+def test_fundamental_needs_eight_matches(scene: tuple) -> None:
+    points, descriptors = scene
+    seven = _features("seven", points[:7], descriptors[:7])
+    assert verify_pair(seven, seven, VerifyConfig(model="fundamental")) == (7, 0, "too_few_matches")
+    assert verify_pair(seven, seven, VerifyConfig(model="affine")) == (7, 7, "")
+
+
+@pytest.mark.parametrize("model", ["affine", "homography", "fundamental"])
+def test_all_keypoints_at_one_place_is_degenerate(scene: tuple, model: str) -> None:
+    points, descriptors = scene
     same = _features("same", np.full((200, 2), 10.0, np.float32), descriptors)
-    num_matches, inliers, reason = verify_pair(same, same, VerifyConfig(model=model))
-    assert num_matches == 200
-    assert inliers < 30
-    assert reason in ("", "no_model")
+    normal = _features("normal", points, descriptors)
+    for a, b in ((same, same), (same, normal), (normal, same)):
+        assert verify_pair(a, b, VerifyConfig(model=model)) == (200, 0, "degenerate_keypoints")
+
+
+def test_collinear_keypoints_are_degenerate(scene: tuple) -> None:
+    _, descriptors = scene
+    t = np.linspace(0, 400, 200, dtype=np.float32)
+    line = _features("line", np.stack([t, 0.5 * t + 20], axis=1), descriptors)
+    assert verify_pair(line, line, VerifyConfig()) == (200, 0, "degenerate_keypoints")
+
+
+def test_fundamental_model_verifies_a_view_change(scene: tuple) -> None:
+    points, descriptors = scene
+    a, b = _features("a", points, descriptors), _features("b", _affine(points, AFFINE), descriptors)
+    num_matches, inliers, reason = verify_pair(a, b, VerifyConfig(model="fundamental", ransac_threshold=2.0))
+    assert (num_matches, reason) == (200, "")
+    assert inliers >= 190
+
+
+def test_distance_bound_drops_far_neighbours() -> None:
+    rng = np.random.default_rng(6)
+    a = rng.random((50, 32), dtype=np.float32)
+    near = a + rng.normal(0, 0.01, a.shape).astype(np.float32)
+    far = rng.random((50, 32), dtype=np.float32)
+    config = VerifyConfig(ratio=1.0, mutual=False, max_distance=0.2)
+    idx_a, idx_b = putative_matches(a, near, config)
+    np.testing.assert_array_equal(idx_a, np.arange(50))
+    np.testing.assert_array_equal(idx_b, np.arange(50))
+    assert len(putative_matches(a, far, config)[0]) == 0
+    # without the bound every descriptor keeps its nearest neighbour, however far
+    assert len(putative_matches(a, far, VerifyConfig(ratio=1.0, mutual=False))[0]) == 50
+
+
+def test_ransac_is_seeded(real_features: list[LocalFeatures]) -> None:
+    a, b, c = real_features
+    # few iterations on unrelated images: the outcome depends on the samples drawn
+    by_seed = {
+        seed: verify_pair(a, b, VerifyConfig(ratio=1.0, mutual=False, ransac_iterations=20, seed=seed))
+        for seed in range(6)
+    }
+    assert len(set(by_seed.values())) > 1
+    for seed, result in by_seed.items():
+        assert verify_pair(a, b, VerifyConfig(ratio=1.0, mutual=False, ransac_iterations=20, seed=seed)) == result
+    assert verify_pair(a, c, VerifyConfig(seed=1)) == verify_pair(a, c, VerifyConfig(seed=1))
 
 
 @pytest.mark.parametrize(
@@ -244,7 +298,10 @@ def test_all_keypoints_at_one_place_never_raises(scene: tuple, model: str) -> No
     [
         {"ratio": 0.0},
         {"ratio": 1.5},
-        {"model": "fundamental"},
+        {"model": "similarity"},
+        {"max_distance": 0.0},
+        {"max_distance": 2.5},
+        {"seed": -1},
         {"ransac_threshold": 0.0},
         {"ransac_iterations": 0},
         {"ransac_confidence": 1.0},
@@ -297,7 +354,7 @@ def test_verify_pairs_transform(scene: tuple) -> None:
     assert len(expected) == 15 + 3
     verified = {(r.id_a, r.id_b) for r in expected if r.inliers >= 30}
     assert verified == {(f"3{i:03d}", f"3{j:03d}") for i in range(5) for j in range(i + 1, 5)}
-    assert PairResult(8, "8000", "8001", 0, 0, "too_few_matches") in expected
+    assert PairResult(8, "8000", "8001", 0, 0, "no_features") in expected
     assert PairResult(8, "8001", "8002", 20, 20, "") in expected
 
     with BeamTestPipeline(options=_beam_options()) as pipeline:
@@ -305,3 +362,24 @@ def test_verify_pairs_transform(scene: tuple) -> None:
         pairs, needs = records | GeneratePairs(pair_config)
         results = {"features": records, "pairs": pairs, "needs": needs} | VerifyPairs(verify_config)
         assert_that(results, equal_to(expected))
+
+
+def test_putative_matches_in_row_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    a = _random_descriptors(rng, 300)
+    b = np.concatenate([a[:200], _random_descriptors(rng, 150)])[rng.permutation(350)]
+    config = VerifyConfig(max_distance=1.2)
+    whole = putative_matches(a, b, config)
+    monkeypatch.setattr(verify, "_MATCH_ROWS", 7)
+    blocks = putative_matches(a, b, config)
+    np.testing.assert_array_equal(whole[0], blocks[0])
+    np.testing.assert_array_equal(whole[1], blocks[1])
+    assert len(whole[0]) >= 200
+
+
+def test_local_optimisation_finds_at_least_the_plain_inliers(real_features: list[LocalFeatures]) -> None:
+    a, b, c = real_features
+    plain = verify_pair(a, c, VerifyConfig(local_optimisation=False))
+    optimised = verify_pair(a, c, VerifyConfig())
+    assert optimised[0] == plain[0] and optimised[1] >= plain[1]
+    assert verify_pair(a, b, VerifyConfig())[1] < 30

@@ -1,18 +1,22 @@
 """Stage 5: candidate pairs inside each landmark class, planned as bounded work blocks.
 
-Pairs: every pair while a class has at most `max_class_for_all` images, otherwise `k`
-seeded random partners per image, so a class costs O(n*k) pairs, never O(n^2).
+Pairs (`mode`): `all` pairs while a class has at most `max_class_for_all` images, above that
+`knn`; `knn` pairs each image with its `k` nearest same-class neighbours by a global
+descriptor (`transforms.global_descriptor`; symmetric pairs counted once); `random` with `k`
+seeded random partners. Above the cap a class costs at most n*k pairs, never O(n^2).
 
-Blocks: a class's sorted ids are cut into blocks of `block_size`; each candidate pair belongs
-to the block pair (block of a, block of b). Verification groups one block pair at a time, so a
-worker holds at most 2 * block_size feature sets however large the class, and each image's
-features are shuffled once per block pair that needs them: at most the number of blocks of its
-class, and about 2k on average in random mode (its own k partners plus those that chose it).
+Blocks: a class's sorted ids (for knn: its ids in `locality_order`, so neighbourhoods share
+blocks) are cut into blocks of `block_size`; each candidate pair belongs to the block pair of
+its two images. Verification groups one block pair at a time, so a worker holds at most
+2 * block_size feature sets however large the class, and each image's features are shuffled
+once per block pair that needs them: at most the number of blocks of its class, and about 2k
+on average in random mode (its own k partners plus those that chose it).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,27 +24,40 @@ import apache_beam as beam
 import numpy as np
 
 from schemas.records import LocalFeatures
+from transforms.global_descriptor import DescribeImages, nearest_neighbours
 from transforms.progress import tick
 
 STAGE = "pairs"
-MODES = ("all", "random")
+MODES = ("all", "knn", "random")
 
-BlockKey = tuple[int, int, int]  # (landmark_id, block of id_a, block of id_b)
+BlockKey = tuple[int, int, int]  # (landmark_id, lower block, higher block) of a pair's images
 
 
 @dataclass(frozen=True)
 class PairConfig:
+    """`embedding_model`: SavedModel (any Beam path) whose `embedding_signature` gives the
+    global descriptor of `knn`; empty: aggregate the image's own local descriptors (offline)."""
+
     mode: str = "all"
     max_class_for_all: int = 40
     k: int = 10
     seed: int = 0
     block_size: int = 32
+    embedding_model: str = ""
+    embedding_signature: str = "serving_default"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"pairs mode must be one of {MODES}")
         if self.max_class_for_all < 2 or self.k < 1 or self.block_size < 1:
             raise ValueError("need max_class_for_all >= 2, k >= 1 and block_size >= 1")
+        if not self.embedding_signature:
+            raise ValueError("embedding_signature must not be empty")
+
+    @property
+    def uses_descriptors(self) -> bool:
+        """Whether some class may need global descriptors (`all` falls back to `knn`)."""
+        return self.mode != "random"
 
 
 def _class_rng(seed: int, landmark_id: int) -> np.random.Generator:
@@ -48,38 +65,92 @@ def _class_rng(seed: int, landmark_id: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def candidate_pairs(landmark_id: int, ids: list[str], config: PairConfig) -> list[tuple[str, str]]:
-    """Sorted, de-duplicated pairs (a, b) with a < b among `ids` (a class's image ids).
+def _random_partners(landmark_id: int, n: int, config: PairConfig) -> np.ndarray:
+    """[n, min(k, n-1)] seeded random partner indices, never the image itself."""
+    k = min(config.k, n - 1)
+    rng = _class_rng(config.seed, landmark_id)
+    # draw from the n-1 others: offsets 1..n-1 avoid pairing an image with itself
+    offsets = np.stack([rng.choice(np.arange(1, n), size=k, replace=False) for _ in range(n)])
+    return (np.arange(n)[:, None] + offsets) % n
 
-    Deterministic for a given (ids, config): the order of `ids` does not matter.
-    """
+
+def locality_order(partners: np.ndarray) -> list[int]:
+    """Positions 0..n-1 in breadth-first order of the partner graph partners [n, k], restarting
+    from the lowest unvisited position: partners end up close together in the order."""
+    seen = np.zeros(len(partners), dtype=bool)
+    order: list[int] = []
+    for root in range(len(partners)):
+        if seen[root]:
+            continue
+        seen[root] = True
+        queue = deque([root])
+        while queue:
+            i = queue.popleft()
+            order.append(i)
+            for j in partners[i]:
+                if not seen[j]:
+                    seen[j] = True
+                    queue.append(int(j))
+    return order
+
+
+def _plan(
+    landmark_id: int, ids: list[str], config: PairConfig, descriptors: dict[str, np.ndarray | None] | None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(sorted pairs, ids in block order) of a class; see `candidate_pairs`."""
     ids = sorted(set(ids))
     n = len(ids)
     if n < 2:
-        return []
+        return [], ids
     if config.mode == "all" and n <= config.max_class_for_all:
-        return [(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)]
-    k = min(config.k, n - 1)
-    rng = _class_rng(config.seed, landmark_id)
-    chosen: set[tuple[int, int]] = set()
-    for i in range(n):
-        # draw from the n-1 others: offsets 1..n-1 avoid pairing an image with itself
-        offsets = rng.choice(np.arange(1, n), size=k, replace=False)
-        for j in (i + offsets) % n:
-            chosen.add((min(i, int(j)), max(i, int(j))))
-    return [(ids[i], ids[j]) for i, j in sorted(chosen)]
+        return [(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)], ids
+    if config.mode == "random":
+        partners = _random_partners(landmark_id, n, config)
+        order = list(range(n))
+    else:
+        if descriptors is None or any(descriptors.get(image_id) is None for image_id in ids):
+            raise ValueError(f"pairs mode {config.mode!r} needs a global descriptor for every image")
+        partners = nearest_neighbours(np.stack([descriptors[image_id] for image_id in ids]), config.k)
+        # neighbours of similar images overlap: blocks cut from this order keep most pairs
+        # inside few block pairs, so each image's features are shuffled fewer times
+        order = locality_order(partners)
+    chosen = {(min(i, int(j)), max(i, int(j))) for i in range(n) for j in partners[i]}
+    return [(ids[i], ids[j]) for i, j in sorted(chosen)], [ids[i] for i in order]
+
+
+def candidate_pairs(
+    landmark_id: int,
+    ids: list[str],
+    config: PairConfig,
+    descriptors: dict[str, np.ndarray | None] | None = None,
+) -> list[tuple[str, str]]:
+    """Sorted, de-duplicated pairs (a, b) with a < b among `ids` (a class's image ids).
+
+    `descriptors` maps every id to its global descriptor [D]; `knn` needs them (also `all`
+    above the cap) and raises ValueError without them. Deterministic for a given
+    (ids, descriptors, config): the order of `ids` does not matter.
+    """
+    return _plan(landmark_id, ids, config, descriptors)[0]
+
+
+Member = tuple[str, np.ndarray | None]  # (image id, global descriptor or None)
 
 
 def plan_class(
-    landmark_id: int, ids: Iterable[str], config: PairConfig = PairConfig()
+    landmark_id: int, members: Iterable[str | Member], config: PairConfig = PairConfig()
 ) -> Iterator[tuple[BlockKey, tuple[str, str]] | beam.pvalue.TaggedOutput]:
     """Main output: (block key, pair); tag `needs`: (image id, block key) once per block pair
-    that needs that image's features."""
-    ids = sorted(set(ids))
-    block_of = {image_id: i // config.block_size for i, image_id in enumerate(ids)}
+    that needs that image's features. `members` are ids, or (id, global descriptor) pairs.
+
+    Blocks are cut from the sorted ids, or for knn from `locality_order`; a key names its
+    two blocks in increasing order."""
+    members = [(m, None) if isinstance(m, str) else m for m in members]
+    descriptors = {image_id: vector for image_id, vector in members}
+    pairs, order = _plan(landmark_id, list(descriptors), config, descriptors)
+    block_of = {image_id: i // config.block_size for i, image_id in enumerate(order)}
     needs: set[tuple[str, BlockKey]] = set()
-    for a, b in candidate_pairs(landmark_id, ids, config):
-        key = (landmark_id, block_of[a], block_of[b])
+    for a, b in pairs:
+        key = (landmark_id, *sorted((block_of[a], block_of[b])))
         needs.add((a, key))
         needs.add((b, key))
         tick(STAGE, "candidate_pairs")
@@ -89,16 +160,28 @@ def plan_class(
 
 
 class GeneratePairs(beam.PTransform):
-    """LocalFeatures PCollection -> (pairs: (BlockKey, (id_a, id_b)), needs: (id, BlockKey))."""
+    """LocalFeatures PCollection, or {"features": ..., "images": DecodedImage} when an embedding
+    model gives the global descriptors -> (pairs: (BlockKey, (id_a, id_b)), needs: (id, BlockKey)).
+
+    Only ids and global descriptors are grouped per class (float16 [4096] offline, 8 KiB an
+    image), never local features."""
 
     def __init__(self, config: PairConfig) -> None:
         super().__init__()
         self._config = config
 
-    def expand(self, features: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+    def expand(
+        self, inputs: beam.PCollection | dict[str, beam.PCollection]
+    ) -> tuple[beam.PCollection, beam.PCollection]:
+        if isinstance(inputs, beam.PCollection):
+            inputs = {"features": inputs}
+        if self._config.uses_descriptors:
+            describe = DescribeImages(self._config.embedding_model, self._config.embedding_signature)
+            members = inputs | "Describe" >> describe
+        else:
+            members = inputs["features"] | "ClassOfImage" >> beam.Map(lambda f: (f.landmark_id, (f.id, None)))
         planned = (
-            features
-            | "ClassOfImage" >> beam.Map(lambda f: (f.landmark_id, f.id))
+            members
             | "GroupByClass" >> beam.GroupByKey()
             | "Plan" >> beam.FlatMapTuple(plan_class, config=self._config).with_outputs("needs", main="pairs")
         )
