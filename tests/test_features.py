@@ -268,7 +268,9 @@ def test_feature_config_rejects_bad_values(kwargs: dict) -> None:
 def test_feature_config_defaults() -> None:
     config = FeatureConfig()
     assert set(EXTRACTORS) == {"sift", "delf"}
-    assert (config.extractor, config.max_features, config.descriptor_dtype) == ("sift", 1000, "float16")
+    assert (config.extractor, config.max_features, config.descriptor_dtype) == ("sift", 4000, "float16")
+    assert FeatureConfig(extractor="delf").max_features == 1000  # DELF's max_feature_num
+    assert FeatureConfig(extractor="delf", max_features=300).max_features == 300
     assert config.delf_model == "https://tfhub.dev/google/delf/1"
     assert config.delf_score_threshold == 100.0
     assert config.delf_image_scales == (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
