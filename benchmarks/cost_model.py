@@ -1,0 +1,95 @@
+"""Cost and time of a full GLDv2 curation on Dataflow, from the per-image and per-pair costs a
+measured run recorded in its `run.json` (busy seconds per stage / items of the stage).
+
+    .venv/bin/python benchmarks/cost_model.py --run-json out/run.json
+    .venv/bin/python benchmarks/cost_model.py --run-json out/run.json --pairs-per-image 100 --workers 100
+
+Busy seconds are summed over worker threads of one process on this machine's cores, so one busy
+second is taken as one vCPU-second (download time is mostly waiting, so the fetch stage is priced
+by its measured throughput instead; see README, "Cost and time of the full GLDv2"). Prices are
+Dataflow batch list prices (us-central1) passed as flags; the defaults are those the README cites.
+Last line: one JSON object with the vCPU-hours per stage, the total cost and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def per_item_seconds(run: dict) -> dict[str, float]:
+    """Busy seconds per image (decode, features) and per candidate pair (verify)."""
+    counters, seconds = run["counters"], run["seconds"]
+    images = counters["features"]["ok"]
+    pairs = sum(v for k, v in counters["verify"].items() if k != "busy_ms")  # one outcome per pair
+    return {
+        "decode_s_per_image": seconds["decode"] / counters["decode"]["ok"],
+        "features_s_per_image": seconds["features"] / images,
+        "verify_s_per_pair": seconds["verify"] / max(1, pairs),
+    }
+
+
+def feature_bytes_per_image(run: dict) -> float:
+    """Stored feature bytes per image (what the verify joins shuffle), from the run's output."""
+    folder = Path(run["outputs"]["features"])
+    size = sum(path.stat().st_size for path in folder.glob("*.parquet"))
+    return size / max(1, run["counters"]["features"]["ok"])
+
+
+def estimate(costs: dict[str, float], feature_bytes: float, args: argparse.Namespace) -> dict:
+    pairs = args.images * args.pairs_per_image * args.pair_overlap
+    vcpu_hours = {
+        "ingest": args.images / args.ingest_images_per_vcpu_s / 3600,
+        "decode": args.images * costs["decode_s_per_image"] / 3600,
+        "features": args.images * costs["features_s_per_image"] / 3600,
+        "verify": pairs * costs["verify_s_per_pair"] / 3600,
+    }
+    total_vcpu_hours = sum(vcpu_hours.values())
+    per_vcpu_hour = args.vcpu_hour + args.gb_per_vcpu * args.gb_hour
+    shuffle_gb = args.images * args.feature_copies * feature_bytes / 1e9
+    cost = total_vcpu_hours * per_vcpu_hour + shuffle_gb * args.shuffle_gb
+    wall_hours = total_vcpu_hours / (args.workers * args.vcpus_per_worker)
+    return {
+        "images": args.images,
+        "candidate_pairs": round(pairs),
+        "measured": {k: round(v, 5) for k, v in costs.items()},
+        "vcpu_hours": {k: round(v, 1) for k, v in vcpu_hours.items()},
+        "total_vcpu_hours": round(total_vcpu_hours, 1),
+        "usd_per_vcpu_hour": round(per_vcpu_hour, 5),
+        "feature_bytes_per_image": round(feature_bytes),
+        "shuffle_gb": round(shuffle_gb),
+        "cost_usd": round(cost, 2),
+        "wall_hours": round(wall_hours, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-json", required=True, help="run.json of a measured gld curate run")
+    parser.add_argument("--images", type=int, default=4_132_914, help="GLDv2 train.csv rows")
+    parser.add_argument("--pairs-per-image", type=int, default=100, help="candidate partners per image (k)")
+    parser.add_argument("--pair-overlap", type=float, default=1.0, help="share of n*k pairs left after dedupe (<= 1)")
+    parser.add_argument("--ingest-images-per-vcpu-s", type=float, default=10.0, help="from bench_ingest.py")
+    parser.add_argument("--vcpu-hour", type=float, default=0.056, help="Dataflow batch, USD per vCPU-hour")
+    parser.add_argument("--gb-hour", type=float, default=0.003557, help="Dataflow batch, USD per GB-hour")
+    parser.add_argument("--gb-per-vcpu", type=float, default=4.0, help="n2-standard: 4 GB per vCPU")
+    parser.add_argument("--shuffle-gb", type=float, default=0.011, help="Dataflow Shuffle, USD per GB processed")
+    parser.add_argument("--feature-copies", type=float, default=5.3, help="shuffled copies of an image's features")
+    parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument("--vcpus-per-worker", type=int, default=8)
+    args = parser.parse_args()
+    run = json.loads(Path(args.run_json).read_text())
+    result = estimate(per_item_seconds(run), feature_bytes_per_image(run), args)
+    for stage, hours in result["vcpu_hours"].items():
+        print(f"{stage:9s} {hours:10.1f} vCPU-h")
+    vcpu_cost = result["total_vcpu_hours"] * result["usd_per_vcpu_hour"]
+    print(f"compute {result['total_vcpu_hours']:.1f} vCPU-h x ${result['usd_per_vcpu_hour']:.4f} = ${vcpu_cost:.0f}")
+    print(f"shuffle {result['shuffle_gb']} GB x ${args.shuffle_gb} = ${result['shuffle_gb'] * args.shuffle_gb:.0f}")
+    fleet = f"{args.workers} x {args.vcpus_per_worker} vCPUs"
+    print(f"total ${result['cost_usd']:.0f}; {fleet}: {result['wall_hours']:.1f} h")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
