@@ -1,8 +1,9 @@
-"""Pairs and memory of one large class through GeneratePairs + VerifyPairs.
+"""Pairs and memory of large classes through GeneratePairs + VerifyPairs.
 
-For each class size (default 1000 and 2000 images, one landmark) a fresh process runs the two
-stages on synthetic feature records (`--features` random RootSIFT-like descriptors per image,
-made from the id inside the pipeline, so the input itself is small) with `--pairs knn
+For each class size (default: 200 and 2000 images per class, the same 2000 images in all, so
+only the class size changes) a fresh process runs the two stages on synthetic feature records
+(`--features` random RootSIFT-like descriptors per image, made from the id inside the
+pipeline, so the input itself is small) with `--pairs knn
 --pairs-k 10` (the offline global descriptor), under Beam's in-process runner with worker
 processes (`--direct_running_mode=multi_processing`), and reports:
 
@@ -13,9 +14,10 @@ processes (`--direct_running_mode=multi_processing`), and reports:
 - `runner_peak_rss_mib`: the peak of the runner process, which in this local runner also buffers
   every shuffle in memory (on Dataflow the shuffle service holds it), so it grows with the data.
 
-The last line is one JSON object with a row per size and `pairs_within_nk` / `worker_rss_ratio`.
+The last line is one JSON object with a row per class size and `pairs_within_nk` /
+`worker_rss_ratio` (largest over smallest class: near 1 when memory does not grow with a class).
 
-    python benchmarks/bench_pairs_memory.py [--sizes 1000 2000] [--k 10] [--features 100]
+    python benchmarks/bench_pairs_memory.py [--total 2000] [--class-sizes 200 2000] [--k 10] [--features 100]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANDMARK = 7
 
 
-def synthetic_features(image_id: str, count: int, groups: int) -> LocalFeatures:
+def synthetic_features(image_id: str, count: int, groups: int, class_size: int) -> LocalFeatures:
     """Deterministic features of one image: uint8 descriptors [count, 128], keypoints in 1024x768;
     images of one of `groups` groups share a third of their descriptors, so knn has real neighbours."""
     seed = int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "little")
@@ -56,7 +58,7 @@ def synthetic_features(image_id: str, count: int, groups: int) -> LocalFeatures:
     own = rng.integers(0, 256, (count - len(shared), 128), dtype=np.uint8)
     return LocalFeatures(
         id=image_id,
-        landmark_id=LANDMARK,
+        landmark_id=LANDMARK + int(image_id, 16) // class_size,
         line=int(image_id, 16),
         keypoints=rng.uniform((0, 0), (1024, 768), size=(count, 2)).astype(np.float32),
         descriptors=np.concatenate([shared, own]),
@@ -72,15 +74,20 @@ def _distribution_max(result: beam.runners.runner.PipelineResult, name: str) -> 
     return max((d.committed or d.attempted).max for d in found)
 
 
-def run_one(images: int, k: int, features: int) -> dict:
-    """Run the two stages on one class of `images` and measure (this process is the runner)."""
+def run_one(images: int, class_size: int, k: int, features: int) -> dict:
+    """Run the two stages on `images` in classes of `class_size` and measure (this process is
+    the runner)."""
     options = PipelineOptions(
         ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     )
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     ids = [f"{i:016x}" for i in range(images)]
-    records = pipeline | beam.Create(ids) | beam.Map(synthetic_features, count=features, groups=max(1, images // 10))
+    records = (
+        pipeline
+        | beam.Create(ids)
+        | beam.Map(synthetic_features, count=features, groups=max(1, images // 10), class_size=class_size)
+    )
     pairs, needs = records | GeneratePairs(PairConfig(mode="knn", k=k))
     _ = {"features": records, "pairs": pairs, "needs": needs} | VerifyPairs(VerifyConfig())
     result = pipeline.run()
@@ -89,6 +96,7 @@ def run_one(images: int, k: int, features: int) -> dict:
     counted = result.metrics().query(MetricsFilter().with_namespace("verify"))["counters"]
     return {
         "images": images,
+        "class_size": class_size,
         "pairs": sum(c.committed or c.attempted for c in counted if c.key.metric.name != "busy_ms"),
         "n_times_k": images * k,
         "block_feature_sets_max": _distribution_max(result, "block_feature_sets"),
@@ -101,17 +109,19 @@ def run_one(images: int, k: int, features: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000])
+    parser.add_argument("--total", type=int, default=2000, help="images in all")
+    parser.add_argument("--class-sizes", type=int, nargs="+", default=[200, 2000])
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--features", type=int, default=100, help="descriptors per synthetic image")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.k, args.features)))
+        print(json.dumps(run_one(args.total, args.one, args.k, args.features)))
         return
     rows = []
-    for size in args.sizes:
-        command = [sys.executable, __file__, "--one", str(size), "--k", str(args.k), "--features", str(args.features)]
+    for size in args.class_sizes:
+        options = ["--total", str(args.total), "--k", str(args.k), "--features", str(args.features)]
+        command = [sys.executable, __file__, "--one", str(size), *options]
         # the runner starts its workers as fresh interpreters: they find this project by PYTHONPATH
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
