@@ -22,7 +22,7 @@ from pipeline.serve import serve_folder
 from schemas.records import DecodedImage, Failure, ManifestRow
 from schemas.vocabulary import Reason, Stage
 from transforms.image_store import StoreConfig, attempt_dirs, check_fingerprint, next_attempt_dir, part_files
-from transforms.ingest import duplicate_groups, resume
+from transforms.ingest import duplicate_groups, readable_rows, resume
 
 REPO = Path(__file__).resolve().parents[1]
 BEAM = ["--direct_num_workers=2", "--no-progress"]
@@ -249,3 +249,9 @@ def test_ingest_from_tar_shards_accounts_for_every_row(dataset) -> None:
         ("images_000.tar", "ok"),
         ("images_001.tar", "mismatch"),
     ]
+
+
+def test_an_unreadable_store_part_is_skipped_so_its_rows_are_fetched_again(tmp_path: Path) -> None:
+    bad = tmp_path / "part-0000.parquet"
+    bad.write_bytes(b"not parquet at all")
+    assert list(readable_rows(str(bad))) == []

@@ -204,3 +204,11 @@ def test_fetch_from_tars_gives_each_row_one_outcome(tmp_path: Path) -> None:
 def test_fetch_from_an_empty_folder_fails_when_built(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no images_"), BeamTestPipeline(argv=RUNNER_ARGS) as pipeline:
         _ = pipeline | beam.Create([ROW]) | FetchFromTars(str(tmp_path), 1000)
+
+
+def test_an_unreadable_shard_is_reported_not_raised(tmp_path: Path) -> None:
+    shard = tmp_path / "images_009.tar"
+    shard.mkdir()  # a folder where a shard should be: opening it fails
+    (tmp_path / "md5.images_009.txt").write_text("0" * 32)
+    [report] = read_shard(str(shard), 1000)
+    assert report.md5 == "error" and report.error

@@ -10,10 +10,12 @@ the stored JPEG bytes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import DecodedImage, Failure, ManifestRow
@@ -97,9 +99,21 @@ def _kind(item: ManifestRow | DecodedImage | Failure) -> Iterator[object]:
         yield beam.pvalue.TaggedOutput("failures" if isinstance(item, Failure) else "reused", item)
 
 
+def readable_rows(path: str) -> Iterator[dict]:
+    """Rows of a stored part; a part that cannot be read (damaged or foreign) is counted as
+    `ingest/unreadable_part` and skipped, so its rows are simply fetched again."""
+    try:
+        rows = list(read_rows(path))
+    except (OSError, pa.ArrowException) as exc:
+        tick(STAGE, "unreadable_part")
+        logging.getLogger(__name__).warning("skipping unreadable store part %s: %s", path, exc)
+        return
+    yield from rows
+
+
 def _read_logged(numbered: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dict]]]:
     attempt, path = numbered
-    for row in read_rows(path):
+    for row in readable_rows(path):
         yield row["id"], (attempt, row)
 
 
@@ -117,7 +131,7 @@ class _Resume(beam.PTransform):
         stored = (
             pipeline
             | "StoredParts" >> beam.Create(self._images)
-            | "ReadStored" >> beam.FlatMap(read_rows)
+            | "ReadStored" >> beam.FlatMap(readable_rows)
             | "KeyStored" >> beam.Map(lambda r: (r["id"], r))
         )
         failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(_read_logged)

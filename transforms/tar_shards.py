@@ -42,7 +42,8 @@ class TarItem:
 
 @dataclass(frozen=True)
 class ShardReport:
-    """Per-shard summary for `tar_shards.json`; `md5` is ok, mismatch, missing or error."""
+    """Per-shard summary for `tar_shards.json`; `md5` is ok, mismatch, missing, or error (the
+    shard or its md5 file could not be read: `error` says why)."""
 
     shard: str
     md5: str
@@ -112,11 +113,15 @@ def read_shard(shard: str, max_bytes: int) -> Iterator[TarItem | ShardReport]:
     does not match, or has no, md5 file), unsafe_path, too_large, read_error. Directory entries
     are skipped; a shard that cannot be read to the end reports the error and keeps what it read.
     """
-    expected = expected_md5(shard)
+    try:
+        expected = expected_md5(shard)
+        actual = file_md5(shard) if expected is not None else ""
+    except OSError as exc:  # its rows end as missing_file; the report says why
+        yield ShardReport(shard=shard, md5="error", images=0, rejected=0, error=f"{type(exc).__name__}: {exc}")
+        return
     if expected is None:
         md5_state, refusal = "missing", (Reason.MD5_MISSING, f"{shard}: no md5 file ({_REDOWNLOAD})")
     else:
-        actual = file_md5(shard)
         ok = actual == expected
         md5_state = "ok" if ok else "mismatch"
         detail = f"{shard}: md5 {actual} != {expected} from the md5 file ({_REDOWNLOAD})"
