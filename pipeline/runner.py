@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -39,15 +38,17 @@ def estimated_rows(path: str, plan_only: bool = False) -> int:
 
 
 def local_runner_args(beam_args: list[str]) -> list[str]:
-    """Beam's default local runner first downloads a binary; use the in-process one instead."""
+    """Beam's default local runner first downloads a binary; use the in-process one instead.
+
+    One worker thread unless `--direct_num_workers` says otherwise: with several, Beam 2.77's
+    in-process runner cuts a stage into parallel parts, which could drop elements (see
+    local_runner_fix.py) and, in 4 of 7 600-image demos, grew the process to 24 GB and was
+    OOM-killed; with one, 3 of 3 peaked at 3.5 GB in the same ~80 s, since downloads run on
+    their own thread pool and OpenCV and BLAS use threads of their own."""
     if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         return beam_args
-    return [
-        "--runner=DirectRunner",
-        "--direct_running_mode=multi_threading",
-        f"--direct_num_workers={os.cpu_count() or 1}",
-        *beam_args,
-    ]
+    workers = [] if any(a.startswith("--direct_num_workers") for a in beam_args) else ["--direct_num_workers=1"]
+    return ["--runner=DirectRunner", "--direct_running_mode=multi_threading", *workers, *beam_args]
 
 
 def collect_counters(result: beam.runners.runner.PipelineResult) -> Counters:

@@ -49,6 +49,9 @@ def test_local_default_runner_is_in_process_and_explicit_runner_wins() -> None:
     assert local_runner_args([])[0] == "--runner=DirectRunner"
     assert "--direct_running_mode=multi_threading" in local_runner_args([])
     assert local_runner_args(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
+    assert "--direct_num_workers=1" in local_runner_args([])  # one worker thread by default
+    assert local_runner_args(["--direct_num_workers=2"]).count("--direct_num_workers=2") == 1
+    assert "--direct_num_workers=1" not in local_runner_args(["--direct_num_workers=2"])
 
 
 def test_graph_has_one_composite_per_stage(tmp_path) -> None:
