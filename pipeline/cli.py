@@ -75,6 +75,18 @@ def _ingest_parser(prog: str = "gld ingest", description: str = "") -> argparse.
     return parser
 
 
+def _add_select_flags(parser: argparse.ArgumentParser) -> None:
+    select = parser.add_argument_group("selection")
+    select.add_argument("--min-inliers", type=int, help="inliers that make a verified edge (default 30)")
+    select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
+    select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
+    select.add_argument(
+        "--keep-largest-component", action="store_true", help="components policy: keep only a class's largest"
+    )
+    select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
+    select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
+
+
 def _curate_parser() -> argparse.ArgumentParser:
     parser = _ingest_parser(
         "gld curate",
@@ -112,15 +124,7 @@ def _curate_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--ransac-model", choices=["affine", "homography", "fundamental"], help="default affine")
     pairs.add_argument("--ratio", type=float, help="Lowe ratio (default 0.9)")
     pairs.add_argument("--ransac-threshold", type=float, help="RANSAC reprojection threshold in px (default 12)")
-    select = parser.add_argument_group("selection")
-    select.add_argument("--min-inliers", type=int, help="inliers that make a verified edge (default 30)")
-    select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
-    select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
-    select.add_argument(
-        "--keep-largest-component", action="store_true", help="components policy: keep only a class's largest"
-    )
-    select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
-    select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
+    _add_select_flags(parser)
     parser.add_argument(
         "--no-audit", action="store_true", help="skip the label-noise audit (audit.parquet stays empty)"
     )
@@ -274,6 +278,32 @@ def demo_main(argv: list[str]) -> int:
     return 0 if counts["accounting_ok"] else 1
 
 
+def select_main(argv: list[str]) -> int:
+    from pipeline.reselect import run_reselection
+
+    parser = argparse.ArgumentParser(
+        prog="gld select",
+        description="Re-select a finished `gld curate --output DIR` with other selection settings, from its "
+        "stored pair results: no feature extraction, no matching. Rewrites decisions, train_clean.csv, c2x, "
+        "audit, report.html and run.json, byte-identical to a fresh curate with the same settings.",
+    )
+    parser.add_argument("--output", required=True, help="the --output folder of a finished gld curate run")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="take the selection part of this preset")
+    _add_select_flags(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    args, beam_args = parser.parse_known_args(argv)
+    select = overrides_from(args).get("select", {})
+    try:
+        run = run_reselection(args.output, args.preset, select, beam_args, progress=not args.no_progress)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
+        print(f"gld select: error: {exc}", file=sys.stderr)
+        return 2
+    counts = run["counts"]
+    summary = {"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]}
+    print(json.dumps({**summary, "seconds": run["seconds"]["select_wall"]}))
+    return 0 if counts["accounting_ok"] else 1
+
+
 def compare_main(argv: list[str]) -> int:
     from pipeline.compare import agreement, class_disagreements, format_table, read_split
 
@@ -342,6 +372,7 @@ COMMANDS = {
     "demo": demo_main,
     "compare": compare_main,
     "audit": audit_main,
+    "select": select_main,
 }
 COMMANDS.update(BASELINE_COMMANDS)
 

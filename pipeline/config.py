@@ -78,6 +78,19 @@ class CurateConfig:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> CurateConfig:
+        """Inverse of `to_json` (e.g. the `config` of a run.json); ValueError when invalid."""
+        stages = {}
+        for stage, stage_cls in STAGE_CONFIGS.items():
+            fields = dict(value.get(stage, {}))
+            for name, item in fields.items():
+                if isinstance(item, list):
+                    fields[name] = tuple(item)  # JSON has no tuples
+            stages[stage] = stage_cls(**fields)
+        top = {k: v for k, v in value.items() if k not in STAGE_CONFIGS}
+        return cls(**top, **stages)
+
 
 STAGE_CONFIGS = {
     "fetch": FetchConfig,

@@ -1,13 +1,18 @@
 """The curation DAG: manifest -> fetch -> decode -> features -> pairs -> verify -> select -> outputs.
 
-`build_curation` only wires stages (tests assert on the PCollections it returns);
-`run_curation` runs it and writes `run.json` with the accounting that proves every input row
-ended in exactly one place.
+Two pipelines that hand off through files: `build_curation` (the heavy half: ingest, features,
+pairs, verification) writes `pairs`, `members`, `failures` and `audit_candidates`;
+`build_selection` reads them and writes the decisions and every output made from them. `gld
+curate` runs both, `gld select` the second alone, so a re-selection is byte-identical to a fresh
+run with the same settings by construction. `run_curation` then writes `run.json` with the
+accounting that proves every input row ended in exactly one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
@@ -17,34 +22,52 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.config import CurateConfig
 from pipeline.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
 from pipeline.report import build_report
-from pipeline.runner import busy_seconds, estimated_rows, paths_under, run_pipeline, versions, write_json
+from pipeline.runner import (
+    Counters,
+    busy_seconds,
+    estimated_rows,
+    paths_under,
+    run_pipeline,
+    versions,
+    write_json,
+)
 from schemas.gldv2_csv import TRAIN_COLUMNS
 from schemas.records import ImageDecision
 from schemas.tables import (
     AUDIT_SCHEMA,
     DECISIONS_SCHEMA,
-    FEATURES_SCHEMA,
+    MEMBERS_SCHEMA,
     PAIRS_SCHEMA,
+    VERIFIED_SCHEMA,
+    decision_from_row,
     decision_to_row,
-    features_to_row,
+    finding_from_row,
     finding_to_row,
+    member_to_row,
+    pair_from_row,
     pair_to_row,
 )
-from transforms.audit import AuditLabels
+from transforms.audit import AuditLabels, FindAuditCandidates
 from transforms.c2x import ExportRejectedSameClass
+from transforms.feature_store import ReuseStoredFeatures, features_folder
 from transforms.features import ExtractFeatures
+from transforms.image_store import ReadStore, settings_key
 from transforms.manifest import ManifestConfig, ReadManifest
-from transforms.pairs import GeneratePairs, members_by_class
+from transforms.pairs import GeneratePairs
 from transforms.select import SelectClean
-from transforms.store import ParquetSpec, WriteParquetParts, WriteSortedParquet, WriteTrainClean, prefix_length
+from transforms.store import ParquetSpec, WriteSortedParquet, WriteTrainClean, prefix_length
 from transforms.verify import VerifyPairs
+
+VERIFIED_COLUMNS = VERIFIED_SCHEMA.names
 
 #: Files and folders a run writes under `--output`, by the key used in `run.json`.
 OUTPUT_NAMES = {
     "train_clean": "train_clean.csv",
     "decisions": "decisions.parquet",
     "pairs": "pairs.parquet",
-    "features": "features",
+    "members": "members.parquet",
+    "failures": "failures.parquet",
+    "audit_candidates": "audit_candidates.parquet",
     "run_json": "run.json",
     **INGEST_OUTPUTS,
     "c2x_csv": "c2x_rejected.csv",
@@ -58,51 +81,96 @@ def output_paths(root: str) -> dict[str, str]:
     return paths_under(root, OUTPUT_NAMES)
 
 
+def store_folders(config: CurateConfig) -> dict[str, str]:
+    """The features store and the verified-pair store of these settings (see `feature_store`)."""
+    features = features_folder(config.output, config.decode, config.features)
+    settings = {"features": features.rsplit("/", 1)[-1], "verify": dataclasses.asdict(config.verify)}
+    return {"features": features, "verified": FileSystems.join(config.output, "verified", settings_key(settings))}
+
+
+def _sorted_writer(path: str, spec_of: tuple, prefix: int) -> WriteSortedParquet:
+    schema, to_row, key = spec_of
+    return WriteSortedParquet(path, ParquetSpec(schema, to_row, key, prefix))
+
+
+_DECISIONS = (DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]))
+_PAIRS = (PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]))
+_AUDIT = (AUDIT_SCHEMA, finding_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"], r["landmark_a"]))
+_MEMBERS = (MEMBERS_SCHEMA, member_to_row, lambda r: (r["id"], r["line"]))
+
+
 def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
-    """Wire the whole curation DAG into `pipeline`; returns the named PCollections."""
+    """Wire the heavy half of the curation into `pipeline`: ingest, features, candidate pairs and
+    their verification. It writes what selection reads (`pairs`, `members`, `failures`,
+    `audit_candidates`); `build_selection` does the rest, in curate and in `gld select` alike.
+
+    Image bytes and local features go to their stores and travel as references only."""
     out = output_paths(config.output)
+    stores = store_folders(config)
     columns = TRAIN_COLUMNS if config.plan_only else None
     rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, columns))
-    decoded, ingest_failures = build_ingest(pipeline, rows, config)
-    extract = ExtractFeatures(config.features, check_model=not config.plan_only)
-    features, feature_failures = decoded | "ExtractFeatures" >> extract
-    pairs_by_block, needs = {"features": features, "images": decoded} | "GeneratePairs" >> GeneratePairs(config.pairs)
-    pairs = {"features": features, "pairs": pairs_by_block, "needs": needs} | "VerifyPairs" >> VerifyPairs(
-        config.verify
+    images, ingest_failures = build_ingest(pipeline, rows, config)
+    reused, to_extract = images | "ReuseFeatures" >> ReuseStoredFeatures(stores["features"])
+    extract = ExtractFeatures(
+        config.features, check_model=not config.plan_only, store=stores["features"], parts=config.store
     )
-    members = features | "Members" >> beam.Map(members_by_class)
-    selected = {"members": members, "pairs": pairs} | "SelectClean" >> SelectClean(config.select)
+    extracted, feature_failures = to_extract | "ExtractFeatures" >> extract
+    features = (reused, extracted) | "AllFeatures" >> beam.Flatten()
+    stored_pairs = pipeline | "ReadVerified" >> ReadStore(stores["verified"], VERIFIED_COLUMNS, "verify")
+    blocks, reused_pairs = {
+        "features": features,
+        "images": images,
+        "stored": stored_pairs,
+    } | "GeneratePairs" >> GeneratePairs(config.pairs)
+    verified = blocks | "VerifyPairs" >> VerifyPairs(config.verify, store=stores["verified"], parts=config.store)
+    pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()
-    decisions = (
-        failures | "FailureDecisions" >> beam.Map(ImageDecision.from_failure),
-        selected,
-    ) | "AllDecisions" >> beam.Flatten()
 
-    rows_guess = estimated_rows(config.train_csv, config.plan_only)
-    table_prefix = prefix_length(rows_guess, rows_per_part=50_000)
-    store_prefix = prefix_length(rows_guess, rows_per_part=1_000)
-    decisions | "WriteDecisions" >> WriteSortedParquet(
-        out["decisions"], ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), table_prefix)
+    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
+    pairs | "WritePairs" >> _sorted_writer(out["pairs"], _PAIRS, prefix)
+    features | "WriteMembers" >> _sorted_writer(out["members"], _MEMBERS, prefix)
+    (
+        failures
+        | "FailureDecisions" >> beam.Map(ImageDecision.from_failure)
+        | "WriteFailures" >> _sorted_writer(out["failures"], _DECISIONS, prefix)
     )
-    pairs | "WritePairs" >> WriteSortedParquet(
-        out["pairs"], ParquetSpec(PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]), table_prefix)
-    )
-    decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
-    decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"], table_prefix)
     if config.audit.enabled:
-        findings = {"decoded": decoded, "features": features, "decisions": decisions} | "AuditLabels" >> AuditLabels(
-            config.audit, config.verify, config.select.min_inliers
-        )
+        candidates = features | "FindAuditCandidates" >> FindAuditCandidates(config.audit, config.verify)
     else:
-        findings = pipeline | "NoAudit" >> beam.Create([])
-    findings | "WriteAudit" >> WriteSortedParquet(
-        out["audit"],
-        ParquetSpec(AUDIT_SCHEMA, finding_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"], r["landmark_a"]), 0),
+        candidates = pipeline | "NoAudit" >> beam.Create([])
+    candidates | "WriteAuditCandidates" >> _sorted_writer(out["audit_candidates"], _AUDIT, 0)
+    return {"rows": rows, "features": features, "pairs": pairs, "failures": failures}
+
+
+def _read(pipeline: beam.Pipeline, label: str, path: str, from_row: Callable, plan_only: bool) -> beam.PCollection:
+    # a plan is built before the first job has written anything
+    read = beam.io.ReadFromParquet(path, validate=not plan_only)
+    return pipeline | f"Read{label}" >> read | f"To{label}" >> beam.Map(from_row)
+
+
+def build_selection(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
+    """Wire selection and every output made from it, reading what `build_curation` wrote:
+    decisions, train_clean.csv, the c2x export and the audit. No feature is read and no pair
+    is matched, so a new threshold or policy costs seconds (`gld select`)."""
+    out = output_paths(config.output)
+    members = _read(
+        pipeline, "Members", out["members"], lambda r: (r["landmark_id"], (r["id"], r["line"])), config.plan_only
     )
-    features | "StoreFeatures" >> WriteParquetParts(
-        out["features"], ParquetSpec(FEATURES_SCHEMA, features_to_row, lambda r: (r["id"],), store_prefix)
+    pairs = _read(pipeline, "Pairs", out["pairs"], pair_from_row, config.plan_only)
+    failed = _read(pipeline, "Failures", out["failures"], decision_from_row, config.plan_only)
+    selected = {"members": members, "pairs": pairs} | "SelectClean" >> SelectClean(config.select)
+    decisions = (failed, selected) | "AllDecisions" >> beam.Flatten()
+
+    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
+    decisions | "WriteDecisions" >> _sorted_writer(out["decisions"], _DECISIONS, prefix)
+    decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
+    decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"], prefix)
+    candidates = _read(pipeline, "AuditCandidates", out["audit_candidates"], finding_from_row, config.plan_only)
+    findings = {"candidates": candidates, "decisions": decisions} | "AuditLabels" >> AuditLabels(
+        config.audit, config.select.min_inliers
     )
-    return {"rows": rows, "features": features, "pairs": pairs, "decisions": decisions, "failures": failures}
+    findings | "WriteAudit" >> _sorted_writer(out["audit"], _AUDIT, 0)
+    return {"decisions": decisions}
 
 
 def summarize(decisions_path: str) -> dict[str, Any]:
@@ -124,25 +192,53 @@ def summarize(decisions_path: str) -> dict[str, Any]:
     }
 
 
-def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
-    """Run the DAG, then write and return the run summary (`run.json`) and `ingest_stats.json`."""
-    counters, wall = run_pipeline(lambda p: build_curation(p, config), beam_args, config.progress)
+def _shuffle(counters: Counters, images: int) -> dict[str, Any]:
+    shuffled = counters.get("shuffle", {})
+    total = shuffled.get("bytes", 0)
+    return {
+        "bytes": total,
+        "elements": shuffled.get("elements", 0),
+        "bytes_per_image": round(total / images, 1) if images else 0.0,
+    }
+
+
+def merge_counters(first: Counters, second: Counters) -> Counters:
+    """Counters of two jobs added up, name by name."""
+    merged = {stage: dict(values) for stage, values in first.items()}
+    for stage, values in second.items():
+        for name, value in values.items():
+            merged.setdefault(stage, {})[name] = merged.get(stage, {}).get(name, 0) + value
+    return merged
+
+
+def finish_run(config: CurateConfig, counters: Counters, seconds: dict[str, float]) -> dict[str, Any]:
+    """Write `run.json` (the accounting that proves every input row ended in exactly one place,
+    counters, seconds, shuffle volume) and `report.html`; returns the run summary."""
     out = output_paths(config.output)
     summary = summarize(out["decisions"])
     input_rows = counters.get("manifest", {}).get("input_rows", 0)
     summary["input_rows"] = input_rows
     summary["accounting_ok"] = summary["rows"] == input_rows and summary["distinct_ids"] == summary["rows"]
-    stats = ingest_stats(counters, wall, out["duplicates"])
+    stats = ingest_stats(counters, seconds["wall"], out["duplicates"])
     write_json(out["ingest_stats"], stats)
     run = {
         "config": config.to_json(),
         "counts": summary,
         "ingest": stats,
-        "seconds": {"wall": round(wall, 3), **busy_seconds(counters)},
+        "seconds": {**seconds, **busy_seconds(counters)},
+        "shuffle": _shuffle(counters, input_rows),
         "counters": {stage: dict(sorted(c.items())) for stage, c in sorted(counters.items())},
         "versions": versions(),
-        "outputs": {key: path for key, path in out.items() if key != "run_json"},
+        "outputs": {key: path for key, path in out.items() if key != "run_json"} | store_folders(config),
     }
     write_json(out["run_json"], run)
     build_report(config.output)
     return run
+
+
+def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """Run the heavy half, then selection, then write `run.json` and `ingest_stats.json`."""
+    counters, heavy = run_pipeline(lambda p: build_curation(p, config), beam_args, config.progress)
+    selection, select_wall = run_pipeline(lambda p: build_selection(p, config), beam_args, config.progress)
+    seconds = {"wall": round(heavy + select_wall, 3), "select_wall": round(select_wall, 3)}
+    return finish_run(config, merge_counters(counters, selection), seconds)

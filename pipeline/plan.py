@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.transforms.resources import AcceleratorHint, CpuCountHint, MinRamHint
 
 from pipeline.config import CurateConfig
-from pipeline.curate import build_curation, output_paths
+from pipeline.curate import build_curation, build_selection, output_paths
 from pipeline.runner import local_runner_args
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
@@ -61,7 +61,10 @@ def planned_pipeline(config: CurateConfig, beam_args: list[str]) -> beam.Pipelin
     """The job's pipeline, built offline (ValueError on invalid options)."""
     options = PipelineOptions([*local_runner_args(list(beam_args)), "--dry_run=True"], save_main_session=False)
     pipeline = beam.Pipeline(options=options)
-    build_curation(pipeline, dataclasses.replace(config, plan_only=True, progress=False))
+    planned = dataclasses.replace(config, plan_only=True, progress=False)
+    # a run launches these as two jobs, one after the other; a plan shows both
+    build_curation(pipeline, planned)
+    build_selection(pipeline, planned)
     return pipeline
 
 

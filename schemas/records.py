@@ -90,6 +90,24 @@ class DecodedImage:
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """Claim check for one stored image: where the image store holds its normalised JPEG.
+
+    `path` is a part file of the image store and `index` the row's position in it (its row
+    group: parts keep one image per row group, so reading one image touches nothing else).
+    `width` x `height` is the stored image's size and `sha256` the hash of the fetched bytes.
+    A few hundred bytes: this, never the JPEG, is what travels between stages.
+    """
+
+    row: ManifestRow
+    path: str
+    index: int
+    width: int
+    height: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class LocalFeatures:
     """Local features of one image, strongest first.
 
@@ -130,6 +148,31 @@ class LocalFeatures:
     @property
     def count(self) -> int:
         return int(self.keypoints.shape[0])
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """Claim check for the local features of one image in the features store, with the small
+    summaries later stages need without reading the features themselves.
+
+    - `path`, `index`: the features part file and the row (= row group) holding the features;
+    - `count`: N, the number of local features; `sha256`: the image bytes they were made from
+      (a re-run reuses stored features and pair results only for the same bytes);
+    - `global_descriptor`: float16 [4096], the offline kNN descriptor (`aggregate_local`);
+    - `mean`: float32 [D], the mean local descriptor (the audit's signature); zeros when N = 0;
+    - `phash`: the 64-bit perceptual hash of the stored image (the audit's near duplicates).
+    """
+
+    id: str
+    landmark_id: int
+    line: int
+    path: str
+    index: int
+    count: int
+    sha256: str
+    global_descriptor: np.ndarray = field(repr=False)
+    mean: np.ndarray = field(repr=False)
+    phash: int
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import pyarrow as pa
 
 from schemas.arrays import decode_array, encode_array
-from schemas.records import AuditFinding, DecodedImage, Failure, ImageDecision, LocalFeatures, ManifestRow, PairResult
-from schemas.vocabulary import Reason, Stage
+from schemas.records import (
+    AuditFinding,
+    DecodedImage,
+    Failure,
+    FeatureRef,
+    ImageDecision,
+    LocalFeatures,
+    ManifestRow,
+    PairResult,
+)
+from schemas.vocabulary import Reason, Stage, Status
 
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -52,6 +64,23 @@ IMAGES_SCHEMA = pa.schema(
     ]
 )
 
+#: The verified-pair store (`verified/<settings>/`): every verified pair with the image bytes
+#: (sha256) its features came from, so a re-run reuses a result only for the same images.
+#: `id` is "<id_a> <id_b>", the key the part store sorts and names parts by.
+VERIFIED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("landmark_id", pa.int64()),
+        ("id_a", pa.string()),
+        ("id_b", pa.string()),
+        ("sha_a", pa.string()),
+        ("sha_b", pa.string()),
+        ("num_matches", pa.int32()),
+        ("inliers", pa.int32()),
+        ("reason", pa.string()),
+    ]
+)
+
 INGEST_FAILURES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -87,8 +116,16 @@ FEATURES_SCHEMA = pa.schema(
         ("descriptors", pa.binary()),
         ("scales", pa.binary()),
         ("scores", pa.binary()),
+        # what the later stages read without the features: see `FeatureRef`
+        ("sha256", pa.string()),
+        ("global_descriptor", pa.binary()),
+        ("mean", pa.binary()),
+        ("phash", pa.uint64()),
     ]
 )
+
+#: The features store columns that make a `FeatureRef` (everything but the features).
+FEATURE_INDEX_COLUMNS = ["id", "num_features", "sha256", "global_descriptor", "mean", "phash"]
 
 AUDIT_SCHEMA = pa.schema(
     [
@@ -130,6 +167,52 @@ def decision_to_row(decision: ImageDecision) -> dict:
         "best_partner": decision.best_partner,
         "line": decision.line,
     }
+
+
+def decision_from_row(row: dict) -> ImageDecision:
+    """Inverse of `decision_to_row`."""
+    return ImageDecision(
+        line=int(row["line"]),
+        id=row["id"],
+        landmark_id=row["landmark_id"],
+        status=Status(row["status"]),
+        reason=row["reason"],
+        stage=row["stage"],
+        detail=row["detail"],
+        degree=int(row["degree"]),
+        component_id=int(row["component_id"]),
+        component_size=int(row["component_size"]),
+        max_inliers=int(row["max_inliers"]),
+        best_partner=row["best_partner"],
+    )
+
+
+def pair_from_row(row: dict) -> PairResult:
+    """Inverse of `pair_to_row`."""
+    return PairResult(
+        int(row["landmark_id"]), row["id_a"], row["id_b"], int(row["num_matches"]), int(row["inliers"]), row["reason"]
+    )
+
+
+def finding_from_row(row: dict) -> AuditFinding:
+    """Inverse of `finding_to_row`."""
+    return AuditFinding(
+        row["kind"],
+        int(row["landmark_a"]),
+        row["id_a"],
+        int(row["landmark_b"]),
+        row["id_b"],
+        int(row["score"]),
+        row["detail"],
+    )
+
+
+#: Images that reached selection (they have features): the members of their class's graph.
+MEMBERS_SCHEMA = pa.schema([("id", pa.string()), ("landmark_id", pa.int64()), ("line", pa.int64())])
+
+
+def member_to_row(features: FeatureRef) -> dict:
+    return {"id": features.id, "landmark_id": features.landmark_id, "line": features.line}
 
 
 def pair_to_row(pair: PairResult) -> dict:
@@ -192,7 +275,10 @@ def ingest_failure_from_row(row: dict, current: ManifestRow) -> Failure:
     return Failure(current.line, current.id, current.landmark_id, stage, reason, row["detail"], current.url)
 
 
-def features_to_row(features: LocalFeatures) -> dict:
+def features_to_row(features: LocalFeatures, summary: FeatureSummary | None = None) -> dict:
+    """A features store row; `summary` fills the columns a `FeatureRef` is made of (empty when
+    None: a table of features alone)."""
+    summary = summary or FeatureSummary("", np.zeros(0, np.float16), np.zeros(0, np.float32), 0)
     return {
         "id": features.id,
         "landmark_id": features.landmark_id,
@@ -204,7 +290,39 @@ def features_to_row(features: LocalFeatures) -> dict:
         "descriptors": encode_array(features.descriptors),
         "scales": encode_array(features.scales),
         "scores": encode_array(features.scores),
+        "sha256": summary.sha256,
+        "global_descriptor": encode_array(summary.global_descriptor),
+        "mean": encode_array(summary.mean),
+        "phash": summary.phash,
     }
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """What is stored beside an image's features: the image's `sha256`, its offline global
+    descriptor float16 [G], mean local descriptor float32 [D] and 64-bit perceptual hash."""
+
+    sha256: str
+    global_descriptor: np.ndarray
+    mean: np.ndarray
+    phash: int
+
+
+def feature_ref(row: dict, image: ManifestRow, path: str, index: int) -> FeatureRef:
+    """The claim check of the features at (path, index) of the store, for manifest row `image`,
+    from that store row's `FEATURE_INDEX_COLUMNS`."""
+    return FeatureRef(
+        id=image.id,
+        landmark_id=image.landmark_id,
+        line=image.line,
+        path=path,
+        index=index,
+        count=int(row["num_features"]),
+        sha256=row["sha256"],
+        global_descriptor=decode_array(row["global_descriptor"]),
+        mean=decode_array(row["mean"]),
+        phash=int(row["phash"]),
+    )
 
 
 def features_from_row(row: dict) -> LocalFeatures:

@@ -15,16 +15,18 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.demo_data import _texture
 from schemas.records import AuditFinding, DecodedImage, ImageDecision, ManifestRow
 from schemas.vocabulary import Status
+from tests.stores import store_images
 from transforms.audit import (
     AuditConfig,
     AuditLabels,
+    FindAuditCandidates,
     cross_class_candidates,
     exact_duplicates,
     near_duplicates,
     split_class,
 )
 from transforms.audit_signatures import bits_for, hamming, hash_bands, perceptual_hash, simhash_codes
-from transforms.features import FeatureConfig, SiftExtractor, extract_features
+from transforms.features import ExtractFeatures, FeatureConfig
 from transforms.verify import VerifyConfig
 
 
@@ -146,7 +148,7 @@ def _select_decision(image_id: str, landmark_id: int, component_id: int, size: i
     )
 
 
-def test_audit_transform_finds_every_kind() -> None:
+def test_audit_transform_finds_every_kind(tmp_path) -> None:
     one, two, three = _scene(11), _scene(12), _scene(13)
     copy = _jpeg(three)
     images = [
@@ -158,17 +160,21 @@ def test_audit_transform_finds_every_kind() -> None:
         _decoded("c2", 6, copy, 6),  # the very same bytes under another class
         _decoded("d1", 7, _jpeg(_scene(14)), 7),
     ]
-    extractor = SiftExtractor(FeatureConfig(max_features=600))
-    features = [extract_features(image, extractor) for image in images]
+    refs = store_images(str(tmp_path / "images"), images)
     decisions = [_select_decision(f"s{i}", 8, c, 3) for i, c in enumerate((0, 0, 0, 1, 1, 1))]
     with BeamTestPipeline(
         options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
     ) as pipeline:
+        features, _ = (
+            pipeline
+            | "Images" >> beam.Create(refs)
+            | ExtractFeatures(FeatureConfig(max_features=600), store=str(tmp_path / "features"))
+        )
+        candidates = features | FindAuditCandidates(AuditConfig(), VerifyConfig())
         findings = {
-            "decoded": pipeline | "Images" >> beam.Create(images),
-            "features": pipeline | "Features" >> beam.Create(features),
+            "candidates": candidates,
             "decisions": pipeline | "Decisions" >> beam.Create(decisions),
-        } | AuditLabels(AuditConfig(), VerifyConfig(), min_inliers=30)
+        } | AuditLabels(AuditConfig(), min_inliers=30)
         kinds = findings | beam.Map(lambda f: (f.kind, f.id_a, f.landmark_a, f.id_b, f.landmark_b))
         assert_that(
             kinds,

@@ -14,6 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo_data import _landmark_facade, _render_view
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
+from tests.stores import block_items, store_features, store_images
 from transforms.features import FeatureConfig, SiftExtractor
 from transforms.global_descriptor import (
     LOCAL_BITS,
@@ -164,7 +165,7 @@ def test_saved_model_embedder_rejects_bad_signatures(tiny_model: str, signature:
         SavedModelEmbedder(tiny_model, signature)
 
 
-def test_generate_pairs_with_an_embedding_model(tiny_model: str) -> None:
+def test_generate_pairs_with_an_embedding_model(tmp_path, tiny_model: str) -> None:
     """knn by the model's embedding: two colour groups of three pair only inside their group;
     an image that failed feature extraction (no LocalFeatures) gets no pair."""
     colours = {"a0": (200, 0, 0), "a1": (190, 5, 0), "a2": (210, 0, 9), "b0": (0, 0, 200), "b1": (0, 9, 190)}
@@ -188,8 +189,10 @@ def test_generate_pairs_with_an_embedding_model(tiny_model: str) -> None:
         ("b1", "b2"),
     }
     options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    refs = store_features(str(tmp_path / "features"), features)
     with BeamTestPipeline(options=options) as pipeline:
-        inputs = {"features": pipeline | "Features" >> beam.Create(features)}
-        inputs["images"] = pipeline | "Images" >> beam.Create(images)
-        pairs, _ = inputs | GeneratePairs(config)
+        inputs = {"features": pipeline | "Features" >> beam.Create(refs)}
+        inputs["images"] = pipeline | "Images" >> beam.Create(store_images(str(tmp_path / "images"), images))
+        blocks, _ = inputs | GeneratePairs(config)
+        pairs = blocks | beam.FlatMap(block_items) | beam.Filter(lambda i: i[0] == "pair") | beam.Values()
         assert_that(pairs, equal_to(expected))

@@ -19,18 +19,27 @@ import pytest
 from pipeline.cli import main
 from pipeline.demo_data import DemoConfig, generate_demo
 from pipeline.serve import serve_folder
-from schemas.records import DecodedImage, Failure, ManifestRow
+from schemas.records import Failure, ImageRef, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.image_store import StoreConfig, attempt_dirs, check_fingerprint, next_attempt_dir, part_files
-from transforms.ingest import duplicate_groups, readable_rows, resume
+from transforms.image_store import (
+    StoreConfig,
+    attempt_dirs,
+    check_fingerprint,
+    next_attempt_dir,
+    part_files,
+    readable_rows,
+)
+from transforms.ingest import duplicate_groups, resume
 
 REPO = Path(__file__).resolve().parents[1]
 BEAM = ["--direct_num_workers=2", "--no-progress"]
 ROW = ManifestRow(line=5, id="0123456789abcdef", url="http://h/a.jpg", landmark_id=3)
 
 
-def _stored(url: str = ROW.url, sha: str = "aa") -> dict:
+def _stored(url: str = ROW.url, sha: str = "aa", path: str = "part-a.parquet") -> dict:
     return {
+        "path": path,
+        "index": 0,
         "id": ROW.id,
         "url": url,
         "jpeg": b"jpeg-" + sha.encode(),
@@ -60,10 +69,10 @@ def test_nothing_stored_means_fetch() -> None:
 
 
 def test_a_stored_image_is_reused_as_the_current_row() -> None:
-    [image] = _resume([_stored(sha="bb"), _stored(sha="aa")], [_logged(1, "http_404")])
-    assert isinstance(image, DecodedImage)
+    [image] = _resume([_stored(sha="bb", path="part-b.parquet"), _stored(sha="aa")], [_logged(1, "http_404")])
+    assert isinstance(image, ImageRef)
     assert image.row == ROW and image.sha256 == "aa"  # the same choice whatever the order of parts
-    assert (image.width, image.height, image.original_bytes) == (4, 3, 99)
+    assert (image.width, image.height, image.path, image.index) == (4, 3, "part-a.parquet", 0)
 
 
 def test_a_stored_image_of_another_url_is_fetched_again() -> None:

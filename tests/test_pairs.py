@@ -14,6 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import LocalFeatures
+from tests.stores import block_items, store_features
 from transforms.global_descriptor import aggregate_local
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, members_by_class, plan_class
 
@@ -287,7 +288,7 @@ def test_members_by_class() -> None:
 
 
 @pytest.mark.parametrize("mode", ["all", "random"])
-def test_generate_pairs_transform(mode: str) -> None:
+def test_generate_pairs_transform(tmp_path, mode: str) -> None:
     # class 6 is above max_class_for_all (knn or random partners); its ids differ from class 5's
     classes = {5: _ids(6, seed=1), 6: [f"z{image_id}" for image_id in _ids(45, seed=2)], 9: ["solo"]}
     config = PairConfig(mode=mode, max_class_for_all=40, k=3, block_size=4, seed=2)
@@ -305,7 +306,12 @@ def test_generate_pairs_transform(mode: str) -> None:
         expected_needs += needs
     assert len(expected_main) > 15 and len(expected_needs) > 0
 
+    refs = store_features(str(tmp_path / "features"), features)
     with BeamTestPipeline(options=_beam_options()) as pipeline:
-        pairs, needs = pipeline | beam.Create(features) | GeneratePairs(config)
+        blocks, reused = {"features": pipeline | beam.Create(refs)} | GeneratePairs(config)
+        items = blocks | beam.FlatMap(block_items)
+        pairs = items | "Pairs" >> beam.Filter(lambda i: i[0] == "pair") | "PairValues" >> beam.Values()
+        needs = items | "Needs" >> beam.Filter(lambda i: i[0] == "need") | "NeedValues" >> beam.Values()
         assert_that(pairs, equal_to(expected_main), label="CheckPairs")
         assert_that(needs, equal_to(expected_needs), label="CheckNeeds")
+        assert_that(reused, equal_to([]), label="NothingStored")

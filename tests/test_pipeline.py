@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 import pytest
 
 from pipeline.cli import _curate_parser, main, overrides_from
 from pipeline.config import build_config
-from pipeline.curate import build_curation
+from pipeline.curate import build_curation, build_selection
 from pipeline.runner import local_runner_args
 
 
@@ -58,7 +60,10 @@ def test_graph_has_one_composite_per_stage(tmp_path) -> None:
     manifest = tmp_path / "train.csv"
     manifest.write_text("id,url,landmark_id\n0123456789abcdef,http://127.0.0.1/x.jpg,1\n")
     pipeline = beam.Pipeline()
-    outputs = build_curation(pipeline, build_config(str(manifest), str(tmp_path / "out")))
+    config = build_config(str(manifest), str(tmp_path / "out"))
+    outputs = build_curation(pipeline, config)
+    # the second job reads what the first wrote: built here before those files exist
+    outputs |= build_selection(pipeline, dataclasses.replace(config, plan_only=True))
     assert set(outputs) == {"rows", "features", "pairs", "decisions", "failures"}
     top = {t.full_label for t in pipeline.transforms_stack[0].parts}
     ingest = next(t for t in pipeline.transforms_stack[0].parts if t.full_label == "Ingest")

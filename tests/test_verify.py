@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo_data import _texture
 from schemas.records import LocalFeatures, PairResult
+from tests.stores import store_features
 from transforms import verify
 from transforms.features import FeatureConfig, SiftExtractor
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs
@@ -329,7 +330,7 @@ def test_verify_result_orders_ids(scene: tuple) -> None:
     assert forward.num_matches == 50 and forward.inliers >= 45
 
 
-def test_verify_pairs_transform(scene: tuple) -> None:
+def test_verify_pairs_transform(tmp_path, scene: tuple) -> None:
     points, descriptors = scene
     rng = np.random.default_rng(12)
     features = []
@@ -357,10 +358,10 @@ def test_verify_pairs_transform(scene: tuple) -> None:
     assert PairResult(8, "8000", "8001", 0, 0, "no_features") in expected
     assert PairResult(8, "8001", "8002", 20, 20, "") in expected
 
+    refs = store_features(str(tmp_path / "features"), features)
     with BeamTestPipeline(options=_beam_options()) as pipeline:
-        records = pipeline | beam.Create(features)
-        pairs, needs = records | GeneratePairs(pair_config)
-        results = {"features": records, "pairs": pairs, "needs": needs} | VerifyPairs(verify_config)
+        blocks, _ = {"features": pipeline | beam.Create(refs)} | GeneratePairs(pair_config)
+        results = blocks | VerifyPairs(verify_config, store=str(tmp_path / "verified"))
         assert_that(results, equal_to(expected))
 
 

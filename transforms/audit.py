@@ -25,19 +25,18 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from schemas.records import AuditFinding, DecodedImage, ImageDecision, LocalFeatures
+from schemas.records import AuditFinding, FeatureRef, ImageDecision, LocalFeatures
 from schemas.vocabulary import Stage
 from transforms.audit_signatures import (
     bits_for,
-    descriptor_mean,
     global_signature,
-    grey_of_jpeg,
     hamming,
     hash_bands,
     hyperplanes,
-    perceptual_hash,
     simhash_codes,
 )
+from transforms.feature_store import light, read_features
+from transforms.metering import meter
 from transforms.progress import tick
 from transforms.verify import VerifyConfig, verify_pair
 
@@ -164,9 +163,9 @@ def _bucket_chunks(
 
 
 def _signature_buckets(
-    features: LocalFeatures, centre: np.ndarray, images: int, config: AuditConfig
+    features: FeatureRef, centre: np.ndarray, images: int, config: AuditConfig
 ) -> Iterator[tuple[tuple[int, int], tuple[str, int, np.ndarray]]]:
-    signature = global_signature(descriptor_mean(features.descriptors), centre)
+    signature = global_signature(features.mean.astype(np.float64), centre)
     if not signature.any():
         return
     planes = hyperplanes(config.seed, config.bands, len(signature))
@@ -174,14 +173,7 @@ def _signature_buckets(
         yield (band, code), (features.id, features.landmark_id, signature)
 
 
-# ---- verification of candidates (features joined twice: by id_a, then by id_b) --------------
-
-
-def _with_first(image_id: str, grouped: dict) -> Iterator[tuple[str, tuple[Candidate, LocalFeatures]]]:
-    features = list(grouped["features"])
-    if features:
-        for candidate in grouped["candidates"]:
-            yield candidate[2], (candidate, features[0])
+# ---- verification of candidates (features read from the store by reference) --------------
 
 
 def verify_candidate(
@@ -195,21 +187,32 @@ def verify_candidate(
     return AuditFinding("cross_class_match", lid_a, id_a, lid_b, id_b, inliers, f"{num_matches} putative matches")
 
 
-class _VerifyCandidatesFn(beam.DoFn):
-    def __init__(self, verify: VerifyConfig, min_inliers: int) -> None:
-        self._verify = verify
-        self._min_inliers = min_inliers
+def _with_ref(image_id: str, grouped: dict, side: int = 2) -> Iterator[tuple[str, tuple]]:
+    """Attach the FeatureRef of `image_id` to the candidates (or halves) waiting for it; the
+    next join is keyed by the other image (side 2: id_b) or the candidate (side -1)."""
+    refs = list(grouped["ref"])
+    if refs:
+        for waiting in grouped["waiting"]:
+            candidate = waiting[0]
+            key = candidate[2] if side == 2 else candidate
+            yield key, (*waiting, light(refs[0]))
 
-    def process(self, element: tuple[str, dict]) -> Iterator[AuditFinding]:
-        _, grouped = element
-        features = list(grouped["features"])
-        if not features:
-            return
-        for candidate, first in sorted(grouped["halves"], key=lambda h: h[0]):
-            finding = verify_candidate(candidate, first, features[0], self._verify, self._min_inliers)
-            tick(STAGE, "cross_class_verified")
-            if finding:
-                yield finding
+
+class _VerifyCandidatesFn(beam.DoFn):
+    """Verifies cross-class candidates (candidate, ref_a, ref_b), reading both feature sets
+    from the store; emits a finding for every candidate that reaches RANSAC with an inlier
+    (the threshold is applied at selection, so `gld select` can change it)."""
+
+    def __init__(self, verify: VerifyConfig) -> None:
+        self._verify = verify
+
+    def process(self, item: tuple[Candidate, FeatureRef, FeatureRef]) -> Iterator[AuditFinding]:
+        candidate, ref_a, ref_b = item
+        features = read_features([ref_a, ref_b])
+        finding = verify_candidate(candidate, features[ref_a.id], features[ref_b.id], self._verify, 1)
+        tick(STAGE, "cross_class_verified")
+        if finding:
+            yield finding
 
 
 # ---- split classes ----------------------------------------------------------------------------
@@ -234,12 +237,8 @@ def _component_of(decision: ImageDecision) -> Iterator[tuple[int, tuple[int, int
         yield decision.landmark_id, (decision.component_id, decision.component_size)
 
 
-def _hashes(image: DecodedImage) -> Iterator[tuple[int, str, str, int]]:
-    # Decode here rather than through `image.pixels`: that caches onto a record that other
-    # branches (features, the image store) read and pickle at the same time.
-    grey = grey_of_jpeg(image.jpeg)
-    if grey is not None:
-        yield perceptual_hash(grey), image.sha256, image.row.id, image.row.landmark_id
+def _hashes(ref: FeatureRef) -> Iterator[tuple[int, str, str, int]]:
+    yield ref.phash, ref.sha256, ref.id, ref.landmark_id
 
 
 def _phash_buckets(hashed: tuple[int, str, str, int], bands: int) -> Iterator[tuple[tuple[int, int], tuple]]:
@@ -275,19 +274,20 @@ def _counted(finding: AuditFinding) -> AuditFinding:
     return finding
 
 
-class AuditLabels(beam.PTransform):
-    """{"decoded": DecodedImage, "features": LocalFeatures, "decisions": ImageDecision}
-    -> AuditFinding PCollection (cross-class matches, duplicates, split classes)."""
+class FindAuditCandidates(beam.PTransform):
+    """FeatureRef PCollection -> AuditFinding PCollection of what does not depend on the
+    selection: exact and near duplicates, and every verified cross-class candidate with its
+    inliers as `score` (written to `audit_candidates.parquet`; `AuditLabels` applies the
+    threshold)."""
 
-    def __init__(self, config: AuditConfig, verify: VerifyConfig, min_inliers: int) -> None:
+    def __init__(self, config: AuditConfig, verify: VerifyConfig) -> None:
         super().__init__()
         self._config = config
         self._verify = verify
-        self._min_inliers = min_inliers
 
-    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+    def expand(self, features: beam.PCollection) -> beam.PCollection:
         cfg = self._config
-        hashed = inputs["decoded"] | "Hash" >> beam.FlatMap(_hashes)
+        hashed = features | "Hash" >> beam.FlatMap(_hashes) | meter("MeterHashes")
         exact = (
             hashed
             | "BySha" >> beam.Map(lambda h: (h[1], (h[2], h[3])))
@@ -302,33 +302,55 @@ class AuditLabels(beam.PTransform):
             | "DistinctNear" >> beam.Distinct()
             | "NearFindings" >> beam.Map(_near_finding)
         )
-        split = (
-            inputs["decisions"]
-            | "Components" >> beam.FlatMap(_component_of)
-            | "GroupComponents" >> beam.GroupByKey()
-            | "SplitClasses" >> beam.FlatMapTuple(_split_of_class, config=cfg)
-        )
-        features = inputs["features"]
-        means = features | "Means" >> beam.Map(lambda f: descriptor_mean(f.descriptors))
+        means = features | "Means" >> beam.Map(lambda f: f.mean.astype(np.float64))
         centre = beam.pvalue.AsSingleton(means | "Centre" >> beam.CombineGlobally(_MeanVector()))
         images = beam.pvalue.AsSingleton(features | "CountImages" >> beam.combiners.Count.Globally())
         candidates = (
             features
             | "SignatureBuckets" >> beam.FlatMap(_signature_buckets, centre, images, config=cfg)
+            | meter("MeterBuckets")
             | "GroupBuckets" >> beam.GroupByKey()
             | "Chunks" >> beam.FlatMapTuple(_bucket_chunks, config=cfg)
             | "Candidates" >> beam.FlatMap(cross_class_candidates, partners_per_image=cfg.partners_per_image)
             | "DistinctCandidates" >> beam.Distinct()
         )
-        by_id = features | "FeaturesById" >> beam.Map(lambda f: (f.id, f))
+        by_id = features | "RefsById" >> beam.Map(lambda f: (f.id, light(f))) | meter("MeterRefs")
         halves = (
-            {"features": by_id, "candidates": candidates | "ByFirst" >> beam.Map(lambda c: (c[0], c))}
+            {"ref": by_id, "waiting": candidates | "ByFirst" >> beam.Map(lambda c: (c[0], (c,)))}
             | "JoinFirst" >> beam.CoGroupByKey()
-            | "WithFirst" >> beam.FlatMapTuple(_with_first)
+            | "WithFirst" >> beam.FlatMapTuple(_with_ref, side=2)
         )
         matches = (
-            {"features": by_id, "halves": halves}
+            {"ref": by_id, "waiting": halves}
             | "JoinSecond" >> beam.CoGroupByKey()
-            | "VerifyCandidates" >> beam.ParDo(_VerifyCandidatesFn(self._verify, self._min_inliers))
+            | "WithSecond" >> beam.FlatMapTuple(_with_ref, side=-1)
+            | "Values" >> beam.Values()
+            | "SpreadCandidates" >> beam.Reshuffle()
+            | "VerifyCandidates" >> beam.ParDo(_VerifyCandidatesFn(self._verify))
         )
-        return (exact, near, split, matches) | "AllFindings" >> beam.Flatten() | "Count" >> beam.Map(_counted)
+        return (exact, near, matches) | "AllCandidates" >> beam.Flatten()
+
+
+def _passes(finding: AuditFinding, min_inliers: int) -> bool:
+    return finding.kind != "cross_class_match" or finding.score >= min_inliers
+
+
+class AuditLabels(beam.PTransform):
+    """{"candidates": AuditFinding (from `FindAuditCandidates`), "decisions": ImageDecision}
+    -> AuditFinding PCollection: duplicates, cross-class matches of >= `min_inliers` inliers
+    and split classes."""
+
+    def __init__(self, config: AuditConfig, min_inliers: int) -> None:
+        super().__init__()
+        self._config = config
+        self._min_inliers = min_inliers
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        kept = inputs["candidates"] | "Threshold" >> beam.Filter(_passes, min_inliers=self._min_inliers)
+        split = (
+            inputs["decisions"]
+            | "Components" >> beam.FlatMap(_component_of)
+            | "GroupComponents" >> beam.GroupByKey()
+            | "SplitClasses" >> beam.FlatMapTuple(_split_of_class, config=self._config)
+        )
+        return (kept, split) | "AllFindings" >> beam.Flatten() | "Count" >> beam.Map(_counted)

@@ -17,12 +17,17 @@ from typing import Any, Protocol
 import apache_beam as beam
 import cv2
 import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, LocalFeatures
+from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures, ManifestRow
+from schemas.tables import FEATURES_SCHEMA, FeatureSummary, features_to_row
 from schemas.vocabulary import Reason, Stage
+from transforms.audit_signatures import descriptor_mean, grey_of_jpeg, perceptual_hash
+from transforms.global_descriptor import aggregate_local
+from transforms.image_store import StoreConfig, WriteStoreParts, load_image
 from transforms.progress import StageTimer
 from transforms.routing import route
 
@@ -211,13 +216,45 @@ def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures
     )
 
 
-class ExtractorModelHandler(ModelHandler[DecodedImage, LocalFeatures | Failure, Extractor]):
+def _row_of(item: DecodedImage | ImageRef) -> ManifestRow:
+    return item.row
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What the feature step makes of one input: its `source` (a DecodedImage or an ImageRef),
+    the `result` (LocalFeatures, or the Failure that stopped it) and the 64-bit perceptual
+    hash of the stored image (0 when it could not be read)."""
+
+    source: DecodedImage | ImageRef
+    result: LocalFeatures | Failure
+    phash: int = 0
+
+
+def extract(item: DecodedImage | ImageRef, extractor: Extractor) -> Extracted:
+    """Load (from the store for a reference), hash and extract one image; a stored image that
+    cannot be read back fails as `extraction_error` with the store's error in the detail."""
+    row = _row_of(item)
+    try:
+        image = load_image(item)
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        detail = f"stored image unreadable: {type(exc).__name__}: {exc}"
+        return Extracted(
+            item, Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, detail, row.url)
+        )
+    grey = grey_of_jpeg(image.jpeg)
+    phash = perceptual_hash(grey) if grey is not None else 0
+    return Extracted(item, extract_features(image, extractor), phash)
+
+
+class ExtractorModelHandler(ModelHandler[DecodedImage | ImageRef, Extracted, Extractor]):
     """Beam `ModelHandler` whose model is the configured extractor.
 
     Beam's stock TensorFlow handlers load through Keras, which cannot load DELF's SavedModel
     under Keras 3; this handler only needs the extractor factory. `RunInference` keeps the
     loaded extractor in a process-wide cache, so a DELF model is loaded once per worker
-    process, and batches are capped at `max_batch_size` images.
+    process, and batches are capped at `max_batch_size` images. Inputs are decoded images or,
+    in a pipeline, ImageRefs whose JPEG is read from the store here, inside the batch.
     """
 
     def __init__(self, config: FeatureConfig) -> None:
@@ -228,38 +265,86 @@ class ExtractorModelHandler(ModelHandler[DecodedImage, LocalFeatures | Failure, 
         return EXTRACTORS[self._config.extractor](self._config)
 
     def run_inference(
-        self, batch: Sequence[DecodedImage], model: Extractor, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[LocalFeatures | Failure]:
+        self, batch: Sequence[DecodedImage | ImageRef], model: Extractor, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[Extracted]:
         """One result per image of `batch`, in order; a failing image does not affect the others."""
-        results: list[LocalFeatures | Failure] = []
-        for image in batch:
+        results: list[Extracted] = []
+        for item in batch:
             with StageTimer(STAGE):
-                result = extract_features(image, model)
-            if isinstance(result, LocalFeatures) and result.count == 0:
+                extracted = extract(item, model)
+            if isinstance(extracted.result, LocalFeatures) and extracted.result.count == 0:
                 Metrics.counter(STAGE, "no_features").inc()
-            results.append(result)
+            results.append(extracted)
         return results
 
-    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
-        # the stored JPEG: counting pixels would decode (and could fail) outside extract_features
-        return sum(len(image.jpeg) for image in batch)
+    def get_num_bytes(self, batch: Sequence[DecodedImage | ImageRef]) -> int:
+        # the stored JPEG (or its reference): counting pixels would decode outside `extract`
+        return sum(len(item.jpeg) if isinstance(item, DecodedImage) else 1 for item in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"{STAGE}_inference"
 
 
+def summary_of(extracted: Extracted) -> FeatureSummary:
+    """What the features store keeps beside an image's features (see `FeatureRef`)."""
+    features = extracted.result
+    assert isinstance(features, LocalFeatures)
+    return FeatureSummary(
+        sha256=extracted.source.sha256,
+        global_descriptor=aggregate_local(features.descriptors),
+        mean=descriptor_mean(features.descriptors).astype(np.float32),
+        phash=extracted.phash,
+    )
+
+
+def _store_row(extracted: Extracted) -> dict:
+    return features_to_row(extracted.result, summary_of(extracted))
+
+
+def _stored_ref(extracted: Extracted, path: str, index: int) -> FeatureRef:
+    features, summary = extracted.result, summary_of(extracted)
+    assert isinstance(features, LocalFeatures)
+    return FeatureRef(
+        id=features.id,
+        landmark_id=features.landmark_id,
+        line=features.line,
+        path=path,
+        index=index,
+        count=features.count,
+        sha256=summary.sha256,
+        global_descriptor=summary.global_descriptor,
+        mean=summary.mean,
+        phash=summary.phash,
+    )
+
+
+def _result(extracted: Extracted) -> LocalFeatures | Failure:
+    return extracted.result
+
+
+def _failure_or_extracted(extracted: Extracted) -> Extracted | Failure:
+    return extracted.result if isinstance(extracted.result, Failure) else extracted
+
+
 class ExtractFeatures(beam.PTransform):
-    """DecodedImage PCollection -> (LocalFeatures PCollection, Failure PCollection).
+    """DecodedImage or ImageRef PCollection -> (features, Failure PCollection).
 
     The extraction runs under `RunInference`; with `gpu_accelerator` set, that step (and no
-    other step of the pipeline) carries the accelerator resource hint. `check_model=False`
-    skips the existence check of the DELF model (a plan built offline).
+    other step of the pipeline) carries the accelerator resource hint. Without `store`, the
+    features come out as LocalFeatures records. With `store` (a folder), they are written
+    there as they are made, one feature set per row group, and what comes out is one
+    FeatureRef per image: the heavy arrays never leave the step that made them.
+    `check_model=False` skips the existence check of the DELF model (a plan built offline).
     """
 
-    def __init__(self, config: FeatureConfig, check_model: bool = True) -> None:
+    def __init__(
+        self, config: FeatureConfig, check_model: bool = True, store: str = "", parts: StoreConfig | None = None
+    ) -> None:
         super().__init__()
         self._config = config
         self._check_model = check_model
+        self._store = store
+        self._parts = parts or StoreConfig()
 
     def expand(self, images: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         model = self._config.delf_model
@@ -270,5 +355,11 @@ class ExtractFeatures(beam.PTransform):
         inference = RunInference(ExtractorModelHandler(self._config))
         if self._config.gpu_accelerator:
             inference = inference.with_resource_hints(accelerator=self._config.gpu_accelerator)
-        features = images | "Extract" >> inference
-        return route("RouteFeatures", features, STAGE)
+        extracted = images | "Extract" >> inference
+        if not self._store:
+            return route("RouteFeatures", extracted | "Results" >> beam.Map(_result), STAGE)
+        ok, failures = route("RouteFeatures", extracted | "Unwrap" >> beam.Map(_failure_or_extracted), STAGE)
+        refs = ok | "StoreFeatures" >> WriteStoreParts(
+            self._store, FEATURES_SCHEMA, _store_row, self._parts, to_ref=_stored_ref
+        )
+        return refs, failures

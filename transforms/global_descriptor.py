@@ -20,6 +20,7 @@ which discounts what every image of the class shares (sky, the generic cells of 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -30,7 +31,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import DecodedImage, LocalFeatures
+from schemas.records import DecodedImage, FeatureRef, ImageRef
+from transforms.image_store import load_image
 from transforms.progress import StageTimer
 
 STAGE = "pairs"
@@ -155,7 +157,7 @@ class SavedModelEmbedder:
 
 
 class _EmbedFn(beam.DoFn):
-    """(id, float32 [D]) per decoded image; the model is loaded once per DoFn instance."""
+    """(id, float32 [D]) per stored image; the model is loaded once per DoFn instance."""
 
     def __init__(self, path: str, signature: str) -> None:
         self._path = path
@@ -165,10 +167,10 @@ class _EmbedFn(beam.DoFn):
     def setup(self) -> None:
         self._embedder = SavedModelEmbedder(self._path, self._signature)
 
-    def process(self, image: DecodedImage) -> Iterator[tuple[str, np.ndarray]]:
+    def process(self, image: ImageRef | DecodedImage) -> Iterator[tuple[str, np.ndarray]]:
         assert self._embedder is not None
         with StageTimer(STAGE):
-            vector = self._embedder(image.pixels)
+            vector = self._embedder(load_image(image).pixels)
         yield image.row.id, vector
 
     def teardown(self) -> None:
@@ -176,37 +178,30 @@ class _EmbedFn(beam.DoFn):
             self._embedder.close()
 
 
-def _member(features: LocalFeatures) -> tuple[int, tuple[str, np.ndarray]]:
-    with StageTimer(STAGE):
-        vector = aggregate_local(features.descriptors)
-    return features.landmark_id, (features.id, vector)
-
-
-def _joined_member(image_id: str, grouped: dict[str, Any]) -> Iterator[tuple[int, tuple[str, np.ndarray]]]:
-    """Members for images that have features (the only ones that can be verified)."""
-    landmark_ids, vectors = list(grouped["landmark_id"]), list(grouped["vector"])
-    if landmark_ids:
-        yield landmark_ids[0], (image_id, vectors[0])
+def _joined_member(image_id: str, grouped: dict[str, Any]) -> Iterator[FeatureRef]:
+    """The FeatureRef with the model's descriptor, for images that have features (the only
+    ones that can be verified)."""
+    refs, vectors = list(grouped["ref"]), list(grouped["vector"])
+    if refs and vectors:
+        yield dataclasses.replace(refs[0], global_descriptor=vectors[0])
 
 
 class DescribeImages(beam.PTransform):
-    """{"features": LocalFeatures, "images": DecodedImage (only with a model)} ->
-    (landmark_id, (id, descriptor [D])) for every image with features."""
+    """{"features": FeatureRef, "images": ImageRef} -> FeatureRef whose `global_descriptor` is
+    the embedding model's [D], for every image with features."""
 
-    def __init__(self, model: str = "", signature: str = "serving_default") -> None:
+    def __init__(self, model: str, signature: str = "serving_default") -> None:
         super().__init__()
         self._model = model
         self._signature = signature
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        if not self._model:
-            return inputs["features"] | "AggregateLocal" >> beam.Map(_member)
         if "images" not in inputs:
-            raise ValueError("an embedding model needs the decoded images")
+            raise ValueError("an embedding model needs the stored images")
         embeddings = inputs["images"] | "Embed" >> beam.ParDo(_EmbedFn(self._model, self._signature))
-        classes = inputs["features"] | "ClassById" >> beam.Map(lambda f: (f.id, f.landmark_id))
+        refs = inputs["features"] | "RefById" >> beam.Map(lambda r: (r.id, r))
         return (
-            {"landmark_id": classes, "vector": embeddings}
+            {"ref": refs, "vector": embeddings}
             | "JoinEmbeddings" >> beam.CoGroupByKey()
             | "Members" >> beam.FlatMapTuple(_joined_member)
         )

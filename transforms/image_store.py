@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import DecodedImage, ImageRef
+from schemas.tables import image_from_row
+from transforms.progress import tick
 
 IMAGES_DIR = "images"
 FAILURES_DIR = "ingest_failures"
@@ -89,59 +94,162 @@ def check_fingerprint(root: str, fingerprint: dict[str, Any]) -> None:
 
 
 def write_part(directory: str, rows: list[dict], schema: pa.Schema) -> str:
-    """Write `rows` (sorted by id) as one part, atomically; returns the final path.
+    """Write `rows` (sorted by id, stably) as one part, atomically; returns the final path.
 
-    The name hashes the ids, so a retried bundle with the same rows replaces its own part.
+    One row per row group: a reader of one image or feature set (`read_at`) then reads that row
+    and nothing else. The name hashes the ids, so a retried bundle with the same rows replaces
+    its own part.
     """
     rows = sorted(rows, key=lambda r: r["id"])
     digest = hashlib.sha1("\n".join(r["id"] for r in rows).encode("utf-8"), usedforsecurity=False).hexdigest()
     final = FileSystems.join(directory, f"part-{digest[:20]}.parquet")
     temporary = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
     with FileSystems.create(temporary) as handle:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle, compression="zstd")
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle, compression="zstd", row_group_size=1)
     FileSystems.rename([temporary], [final])
     return final
 
 
 class _WritePartsFn(beam.DoFn):
-    """Buffers rows and writes a part when `StoreConfig` says so and at the end of a bundle."""
+    """Buffers rows and writes a part when `StoreConfig` says so and at the end of a bundle;
+    after the part is committed, emits `to_ref(record, path, index)` for each of its records
+    (a claim check that is only ever handed out for data already on disk)."""
 
-    def __init__(self, directory: str, schema: pa.Schema, to_row: Callable[[Any], dict], config: StoreConfig) -> None:
+    def __init__(
+        self,
+        directory: str,
+        schema: pa.Schema,
+        to_row: Callable[[Any], dict],
+        config: StoreConfig,
+        to_ref: Callable[[Any, str, int], Any],
+    ) -> None:
         self._directory = directory
         self._schema = schema
         self._to_row = to_row
         self._config = config
-        self._buffer: list[dict] = []
+        self._to_ref = to_ref
+        self._buffer: list[tuple[dict, Any]] = []
         self._since = 0.0
 
     def start_bundle(self) -> None:
         self._buffer = []
 
-    def process(self, record: Any) -> Iterator[str]:
+    def _flush(self) -> list:
+        ordered = sorted(self._buffer, key=lambda item: item[0]["id"])
+        self._buffer = []
+        path = write_part(self._directory, [row for row, _ in ordered], self._schema)
+        return [self._to_ref(record, path, index) for index, (_, record) in enumerate(ordered)]
+
+    def process(self, record: Any) -> Iterator[Any]:
         if not self._buffer:
             self._since = time.monotonic()
-        self._buffer.append(self._to_row(record))
+        self._buffer.append((self._to_row(record), record))
         full = len(self._buffer) >= self._config.part_rows
         if full or time.monotonic() - self._since >= self._config.part_seconds:
-            yield write_part(self._directory, self._buffer, self._schema)
-            self._buffer = []
+            yield from self._flush()
 
     def finish_bundle(self) -> Iterator[beam.utils.windowed_value.WindowedValue]:
         if self._buffer:
-            path = write_part(self._directory, self._buffer, self._schema)
-            yield beam.transforms.window.GlobalWindows.windowed_value(path)
-        self._buffer = []
+            for ref in self._flush():
+                yield beam.transforms.window.GlobalWindows.windowed_value(ref)
+
+
+def _path_only(_record: Any, path: str, _index: int) -> str:
+    return path
 
 
 class WriteStoreParts(beam.PTransform):
-    """Records -> paths of the parts written under `directory` as the records arrive."""
+    """Records -> one claim check per record, `to_ref(record, part path, row index)`, emitted
+    once its part is committed (default: the part path)."""
 
-    def __init__(self, directory: str, schema: pa.Schema, to_row: Callable[[Any], dict], config: StoreConfig) -> None:
+    def __init__(
+        self,
+        directory: str,
+        schema: pa.Schema,
+        to_row: Callable[[Any], dict],
+        config: StoreConfig,
+        to_ref: Callable[[Any, str, int], Any] = _path_only,
+    ) -> None:
         super().__init__()
-        self._fn = _WritePartsFn(directory, schema, to_row, config)
+        self._fn = _WritePartsFn(directory, schema, to_row, config, to_ref)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return records | "WriteParts" >> beam.ParDo(self._fn)
+
+
+def read_at(path: str, indices: Iterable[int], columns: list[str] | None = None) -> dict[int, dict]:
+    """{index: row} of the rows at `indices` of one part, reading only the row groups that hold
+    them (one file open for all). Parts written before one-row groups still read correctly."""
+    wanted = sorted(set(indices))
+    found: dict[int, dict] = {}
+    with FileSystems.open(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        start = 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            inside = [i for i in wanted if start <= i < start + rows]
+            if inside:
+                table = parquet.read_row_group(group, columns=columns).to_pylist()
+                found.update({i: table[i - start] for i in inside})
+            start += rows
+    missing = set(wanted) - set(found)
+    if missing:
+        raise KeyError(f"{path} has no rows at {sorted(missing)[:5]}: the store was changed under the run")
+    return found
+
+
+def load_image(item: DecodedImage | ImageRef) -> DecodedImage:
+    """The image itself: a DecodedImage as is, an ImageRef read from the image store (one row
+    group). Raises OSError/KeyError/ArrowException when the store cannot give it back."""
+    if isinstance(item, DecodedImage):
+        return item
+    return image_from_row(read_at(item.path, [item.index])[item.index], item.row)
+
+
+def readable_rows(path: str, columns: list[str] | None = None, stage: str = "store") -> Iterator[dict]:
+    """Rows of a stored part (only `columns` when given), each with its `path` and row
+    `index`; a part that cannot be read (damaged, foreign, or of an older layout) is counted
+    as `<stage>/unreadable_part` and skipped, so what it held is simply made again."""
+    try:
+        rows = list(read_rows(path, columns))
+    except (OSError, pa.ArrowException) as exc:
+        tick(stage, "unreadable_part")
+        logging.getLogger(__name__).warning("skipping unreadable store part %s: %s", path, exc)
+        return
+    for index, row in enumerate(rows):
+        yield {**row, "path": path, "index": index}
+
+
+def _parts_under(directory: str) -> list[str]:
+    # at run time (a worker), not while the graph is built: a fresh store has no folder yet
+    return part_files(directory) if FileSystems.exists(directory) else []
+
+
+class ReadStore(beam.PTransform):
+    """Begin -> the rows (`columns` of them, plus `path` and `index`) of every committed part
+    under `directory`, listed and read when the pipeline runs; nothing when there is none."""
+
+    def __init__(self, directory: str, columns: list[str], stage: str) -> None:
+        super().__init__()
+        self._directory = directory
+        self._columns = columns
+        self._stage = stage
+
+    def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            begin
+            | "Folder" >> beam.Create([self._directory])
+            | "ListParts" >> beam.FlatMap(_parts_under)
+            | "SpreadParts" >> beam.Reshuffle()
+            | "ReadParts" >> beam.FlatMap(readable_rows, columns=self._columns, stage=self._stage)
+        )
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short, stable name for a set of settings: stores made with other settings live in
+    other folders, so a re-run reuses exactly what its settings would make again."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:12]
 
 
 def read_rows(path: str, columns: list[str] | None = None) -> Iterator[dict]:

@@ -10,19 +10,16 @@ the stored JPEG bytes.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.records import DecodedImage, Failure, ManifestRow
+from schemas.records import DecodedImage, Failure, ImageRef, ManifestRow
 from schemas.tables import (
     IMAGES_SCHEMA,
     INGEST_FAILURES_SCHEMA,
-    image_from_row,
     image_to_row,
     ingest_failure_from_row,
     ingest_failure_to_row,
@@ -38,7 +35,7 @@ from transforms.image_store import (
     check_fingerprint,
     next_attempt_dir,
     part_files,
-    read_rows,
+    readable_rows,
 )
 from transforms.progress import tick
 from transforms.tar_shards import FetchFromTars
@@ -66,17 +63,30 @@ class IngestConfig:
         return {"decode": asdict(self.decode)}
 
 
+#: What the resume join reads of a stored image: everything but its JPEG.
+INDEX_COLUMNS = ["id", "url", "width", "height", "sha256"]
+
+
+def image_ref(image: DecodedImage, path: str, index: int) -> ImageRef:
+    """The claim check of an image just committed to the store at (path, index)."""
+    return ImageRef(image.row, path, index, image.width, image.height, image.sha256)
+
+
 def resume(
     image_id: str, grouped: dict[str, Iterable], retry_failed: bool = False
-) -> Iterator[ManifestRow | DecodedImage | Failure]:
+) -> Iterator[ManifestRow | ImageRef | Failure]:
     """The outcome of one id given what earlier runs left: a stored image (when its URL is
     still the row's), else the latest logged failure (unless `retry_failed`), else the row
-    itself, to be fetched. Stored ids no longer in the manifest yield nothing."""
+    itself, to be fetched. Stored ids no longer in the manifest yield nothing.
+
+    `stored` holds index rows (`INDEX_COLUMNS` plus `path` and `index`); of several copies of
+    one image (a retried bundle), the one in the smallest (path, index) is used."""
     for row in grouped["rows"]:
-        stored = sorted((r for r in grouped["stored"] if r["url"] == row.url), key=lambda r: (r["sha256"], r["jpeg"]))
+        stored = sorted((r for r in grouped["stored"] if r["url"] == row.url), key=lambda r: (r["path"], r["index"]))
         if stored:
             tick(STAGE, "reused")
-            yield image_from_row(stored[0], row)
+            first = stored[0]
+            yield ImageRef(row, first["path"], first["index"], first["width"], first["height"], first["sha256"])
             continue
         failed = sorted((a, r) for a, r in grouped["failed"] if r["url"] == row.url)
         if failed and not retry_failed:
@@ -92,33 +102,21 @@ def resume(
         yield row
 
 
-def _kind(item: ManifestRow | DecodedImage | Failure) -> Iterator[object]:
+def _kind(item: ManifestRow | ImageRef | Failure) -> Iterator[object]:
     if isinstance(item, ManifestRow):
         yield item
     else:
         yield beam.pvalue.TaggedOutput("failures" if isinstance(item, Failure) else "reused", item)
 
 
-def readable_rows(path: str) -> Iterator[dict]:
-    """Rows of a stored part; a part that cannot be read (damaged or foreign) is counted as
-    `ingest/unreadable_part` and skipped, so its rows are simply fetched again."""
-    try:
-        rows = list(read_rows(path))
-    except (OSError, pa.ArrowException) as exc:
-        tick(STAGE, "unreadable_part")
-        logging.getLogger(__name__).warning("skipping unreadable store part %s: %s", path, exc)
-        return
-    yield from rows
-
-
 def _read_logged(numbered: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dict]]]:
     attempt, path = numbered
-    for row in readable_rows(path):
+    for row in readable_rows(path, stage=STAGE):
         yield row["id"], (attempt, row)
 
 
 class _Resume(beam.PTransform):
-    """rows -> (rows to fetch, reused DecodedImages, Failures logged by earlier runs)."""
+    """rows -> (rows to fetch, ImageRefs of reused images, Failures logged by earlier runs)."""
 
     def __init__(self, images: list[str], logged: list[tuple[int, str]], retry_failed: bool) -> None:
         super().__init__()
@@ -131,7 +129,7 @@ class _Resume(beam.PTransform):
         stored = (
             pipeline
             | "StoredParts" >> beam.Create(self._images)
-            | "ReadStored" >> beam.FlatMap(readable_rows)
+            | "ReadStored" >> beam.FlatMap(readable_rows, columns=INDEX_COLUMNS, stage=STAGE)
             | "KeyStored" >> beam.Map(lambda r: (r["id"], r))
         )
         failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(_read_logged)
@@ -160,7 +158,8 @@ def duplicate_groups(sha256: str, members: Iterable[tuple[str, int]]) -> Iterato
 
 
 class Ingest(beam.PTransform):
-    """ManifestRow PCollection -> dict of PCollections: `images` (DecodedImage), `failures`
+    """ManifestRow PCollection -> dict of PCollections: `images` (ImageRef, the claim checks of
+    stored images: the JPEG bytes go to the store and never further), `failures`
     (fetch/decode Failures, new and logged), `duplicates` (exact-duplicate rows) and, when
     reading tars, `shard_reports` (ShardReport).
 
@@ -194,14 +193,16 @@ class Ingest(beam.PTransform):
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
         decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
-        decoded | "StoreImages" >> WriteStoreParts(images_dir, IMAGES_SCHEMA, image_to_row, config.parts)
+        stored_now = decoded | "StoreImages" >> WriteStoreParts(
+            images_dir, IMAGES_SCHEMA, image_to_row, config.parts, to_ref=image_ref
+        )
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
         new_failures | "LogFailures" >> WriteStoreParts(
             log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, config.parts
         )
-        images, failures = decoded, new_failures
+        images, failures = stored_now, new_failures
         if resuming:
-            images = (decoded, reused) | "AllImages" >> beam.Flatten()
+            images = (stored_now, reused) | "AllImages" >> beam.Flatten()
             failures = (new_failures, logged_failures) | "IngestFailures" >> beam.Flatten()
         outputs["duplicates"] = (
             images

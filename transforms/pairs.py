@@ -16,15 +16,17 @@ on average in random mode (its own k partners plus those that chose it).
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 
-from schemas.records import LocalFeatures
+from schemas.records import FeatureRef, LocalFeatures, PairResult
+from transforms.feature_store import light
 from transforms.global_descriptor import DescribeImages, nearest_neighbours
+from transforms.metering import meter
 from transforms.progress import tick
 
 STAGE = "pairs"
@@ -159,35 +161,84 @@ def plan_class(
         yield beam.pvalue.TaggedOutput("needs", need)
 
 
-class GeneratePairs(beam.PTransform):
-    """LocalFeatures PCollection, or {"features": ..., "images": DecodedImage} when an embedding
-    model gives the global descriptors -> (pairs: (BlockKey, (id_a, id_b)), needs: (id, BlockKey)).
+Block = tuple[list[tuple[str, str]], list[FeatureRef]]  # pairs to verify, refs of their images
 
-    Only ids and global descriptors are grouped per class (float16 [4096] offline, 8 KiB an
-    image), never local features."""
+
+def _stored_result(
+    landmark_id: int, pair: tuple[str, str], refs: dict[str, FeatureRef], stored: dict
+) -> PairResult | None:
+    """The stored verification of `pair` when it was made from the same image bytes."""
+    row = stored.get(pair)
+    a, b = pair
+    if row is None or (row["sha_a"], row["sha_b"]) != (refs[a].sha256, refs[b].sha256):
+        return None
+    return PairResult(landmark_id, a, b, int(row["num_matches"]), int(row["inliers"]), row["reason"])
+
+
+def blocks_of_class(
+    landmark_id: int, grouped: dict[str, Iterable], config: PairConfig = PairConfig()
+) -> Iterator[tuple[BlockKey, Block] | beam.pvalue.TaggedOutput]:
+    """One class's work: main output (block key, (pairs, refs)) per block pair with pairs left
+    to verify, carrying the (light) FeatureRefs of exactly the images those pairs need; tag
+    `reused`: the PairResults a verified-pair store already holds for these images' bytes.
+
+    `grouped["members"]`: the class's FeatureRefs (global descriptors inside); optional
+    `grouped["stored"]`: rows of the verified-pair store for this class."""
+    refs: dict[str, FeatureRef] = {}
+    for ref in sorted(grouped["members"], key=lambda r: (r.id, r.path, r.index)):
+        refs.setdefault(ref.id, ref)
+    stored = {(row["id_a"], row["id_b"]): row for row in grouped.get("stored", ())}
+    members = [
+        (image_id, ref.global_descriptor if ref.global_descriptor.size else None) for image_id, ref in refs.items()
+    ]
+    todo: dict[BlockKey, list[tuple[str, str]]] = defaultdict(list)
+    for item in plan_class(landmark_id, members, config):
+        if isinstance(item, beam.pvalue.TaggedOutput):
+            continue
+        key, pair = item
+        reused = _stored_result(landmark_id, pair, refs, stored)
+        if reused is not None:
+            tick(STAGE, "reused")
+            yield beam.pvalue.TaggedOutput("reused", reused)
+        else:
+            todo[key].append(pair)
+    for key in sorted(todo):
+        pairs = todo[key]
+        needed = sorted({image_id for pair in pairs for image_id in pair})
+        yield key, (pairs, [light(refs[image_id]) for image_id in needed])
+
+
+class GeneratePairs(beam.PTransform):
+    """{"features": FeatureRef, "images": ImageRef (only with an embedding model), "stored":
+    verified-pair store rows (optional)} -> (blocks: (BlockKey, Block), reused: PairResult).
+
+    Only references and global descriptors are grouped per class (float16 [4096] offline,
+    8 KiB an image), never local features."""
 
     def __init__(self, config: PairConfig) -> None:
         super().__init__()
         self._config = config
 
-    def expand(
-        self, inputs: beam.PCollection | dict[str, beam.PCollection]
-    ) -> tuple[beam.PCollection, beam.PCollection]:
-        if isinstance(inputs, beam.PCollection):
-            inputs = {"features": inputs}
-        if self._config.uses_descriptors:
+    def expand(self, inputs: dict[str, beam.PCollection]) -> tuple[beam.PCollection, beam.PCollection]:
+        members = inputs["features"]
+        if self._config.embedding_model:
             describe = DescribeImages(self._config.embedding_model, self._config.embedding_signature)
             members = inputs | "Describe" >> describe
-        else:
-            members = inputs["features"] | "ClassOfImage" >> beam.Map(lambda f: (f.landmark_id, (f.id, None)))
+        grouped = {
+            "members": members | "ClassOfImage" >> beam.Map(lambda r: (r.landmark_id, r)) | meter("MeterMembers")
+        }
+        if "stored" in inputs:
+            grouped["stored"] = (
+                inputs["stored"] | "ClassOfStored" >> beam.Map(lambda r: (r["landmark_id"], r)) | meter("MeterStored")
+            )
         planned = (
-            members
-            | "GroupByClass" >> beam.GroupByKey()
-            | "Plan" >> beam.FlatMapTuple(plan_class, config=self._config).with_outputs("needs", main="pairs")
+            grouped
+            | "GroupByClass" >> beam.CoGroupByKey()
+            | "Plan" >> beam.FlatMapTuple(blocks_of_class, config=self._config).with_outputs("reused", main="blocks")
         )
-        return planned.pairs, planned.needs
+        return planned.blocks, planned.reused
 
 
-def members_by_class(features: LocalFeatures) -> tuple[int, tuple[str, int]]:
+def members_by_class(features: LocalFeatures | FeatureRef) -> tuple[int, tuple[str, int]]:
     """(landmark_id, (id, line)): what selection needs to know of every verifiable image."""
     return features.landmark_id, (features.id, features.line)

@@ -23,6 +23,7 @@ import networkx as nx
 
 from schemas.records import ImageDecision, PairResult
 from schemas.vocabulary import Reason, Stage, Status
+from transforms.metering import meter
 from transforms.progress import tick
 
 STAGE = Stage.SELECT.value
@@ -150,9 +151,11 @@ class SelectClean(beam.PTransform):
         self._config = config
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        pairs_by_class = inputs["pairs"] | "PairsByClass" >> beam.Map(lambda p: (p.landmark_id, p))
+        pairs_by_class = (
+            inputs["pairs"] | "PairsByClass" >> beam.Map(lambda p: (p.landmark_id, p)) | meter("MeterPairs")
+        )
         return (
-            {"members": inputs["members"], "pairs": pairs_by_class}
+            {"members": inputs["members"] | meter("MeterMembers"), "pairs": pairs_by_class}
             | "JoinClass" >> beam.CoGroupByKey()
             | "Select" >> beam.FlatMapTuple(_select, config=self._config)
         )

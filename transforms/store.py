@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.gldv2_csv import CLEAN_HEADER, format_clean_row
 from schemas.records import ImageDecision
 from schemas.vocabulary import Status
+from transforms.metering import meter
 
 SortKey = Callable[[Any], tuple]
 
@@ -76,6 +77,7 @@ class WriteParquetParts(beam.PTransform):
         return (
             records
             | "Partition" >> beam.Map(_partition, spec=self._spec)
+            | meter("MeterRows")
             | "GroupPartition" >> beam.GroupByKey()
             | "WritePart" >> beam.MapTuple(_write_part, directory=self._directory, spec=self._spec)
         )

@@ -23,8 +23,12 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from schemas.records import LocalFeatures, PairResult
+from schemas.tables import VERIFIED_SCHEMA, pair_to_row
 from schemas.vocabulary import Stage
-from transforms.pairs import BlockKey
+from transforms.feature_store import read_features
+from transforms.image_store import StoreConfig, WriteStoreParts
+from transforms.metering import meter
+from transforms.pairs import Block, BlockKey
 from transforms.progress import StageTimer, tick
 
 STAGE = Stage.VERIFY.value
@@ -233,58 +237,72 @@ def verify_result(landmark_id: int, a: LocalFeatures, b: LocalFeatures, config: 
     return PairResult(landmark_id, a.id, b.id, num_matches, inliers, reason)
 
 
-def _features_to_blocks(image_id: str, grouped: dict) -> Iterator[tuple[BlockKey, LocalFeatures]]:
-    features = list(grouped["features"])
-    if not features:
-        return
-    for key in grouped["needs"]:
-        yield key, features[0]
-
-
 def _feature_bytes(features: LocalFeatures) -> int:
     return features.keypoints.nbytes + features.descriptors.nbytes + features.scales.nbytes + features.scores.nbytes
 
 
+Verified = tuple[PairResult, str, str]  # a result and the sha256 of its two images' bytes
+
+
 class _VerifyBlockFn(beam.DoFn):
-    """Verifies every candidate pair of one block pair; holds <= 2 * block_size features.
+    """Verifies every candidate pair of one block pair, reading the <= 2 * block_size feature
+    sets it needs from the features store (never from the shuffle).
 
     Distributions `verify/block_feature_sets` and `verify/block_feature_bytes` record what
-    one call holds, the per-worker memory that stays flat however large a class is."""
+    one call holds, the per-worker memory that stays flat however large a class is. A
+    reference the store cannot resolve raises: lost features are a broken run, not a pair
+    to skip."""
 
     def __init__(self, config: VerifyConfig) -> None:
         self._config = config
         self._held_sets = Metrics.distribution(STAGE, "block_feature_sets")
         self._held_bytes = Metrics.distribution(STAGE, "block_feature_bytes")
 
-    def process(self, element: tuple[BlockKey, dict]) -> Iterator[PairResult]:
-        (landmark_id, _, _), grouped = element
-        features = {f.id: f for f in grouped["features"]}
+    def process(self, element: tuple[BlockKey, Block]) -> Iterator[Verified]:
+        (landmark_id, _, _), (pairs, refs) = element
+        features = read_features(refs)
+        shas = {ref.id: ref.sha256 for ref in refs}
         self._held_sets.update(len(features))
         self._held_bytes.update(sum(_feature_bytes(f) for f in features.values()))
-        for a, b in sorted(grouped["pairs"]):
+        for a, b in sorted(pairs):
             with StageTimer(STAGE):
                 result = verify_result(landmark_id, features[a], features[b], self._config)
             tick(STAGE, result.reason or "verified")
-            yield result
+            yield result, shas[result.id_a], shas[result.id_b]
+
+
+def verified_row(verified: Verified) -> dict:
+    """A row of the verified-pair store (`VERIFIED_SCHEMA`)."""
+    result, sha_a, sha_b = verified
+    return {"id": f"{result.id_a} {result.id_b}", **pair_to_row(result), "sha_a": sha_a, "sha_b": sha_b}
+
+
+def _result_of(verified: Verified, _path: str, _index: int) -> PairResult:
+    return verified[0]
 
 
 class VerifyPairs(beam.PTransform):
-    """{"features": LocalFeatures, "pairs": (BlockKey, (a, b)), "needs": (id, BlockKey)}
-    -> PairResult PCollection (one per candidate pair)."""
+    """Blocks (BlockKey, (pairs, FeatureRefs)) -> PairResult PCollection (one per pair).
 
-    def __init__(self, config: VerifyConfig) -> None:
+    Blocks are spread over workers first (one class can make thousands). With `store`, each
+    result is committed to the verified-pair store as it is made, and emitted once it is
+    there, so a re-run (or a killed run's successor) reuses it."""
+
+    def __init__(self, config: VerifyConfig, store: str = "", parts: StoreConfig | None = None) -> None:
         super().__init__()
         self._config = config
+        self._store = store
+        self._parts = parts or StoreConfig()
 
-    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        by_id = inputs["features"] | "KeyById" >> beam.Map(lambda f: (f.id, f))
-        features_in_blocks = (
-            {"features": by_id, "needs": inputs["needs"]}
-            | "JoinNeeds" >> beam.CoGroupByKey()
-            | "ToBlocks" >> beam.FlatMapTuple(_features_to_blocks)
-        )
-        return (
-            {"features": features_in_blocks, "pairs": inputs["pairs"]}
-            | "JoinBlocks" >> beam.CoGroupByKey()
+    def expand(self, blocks: beam.PCollection) -> beam.PCollection:
+        verified = (
+            blocks
+            | meter("MeterBlocks")
+            | "SpreadBlocks" >> beam.Reshuffle()
             | "Verify" >> beam.ParDo(_VerifyBlockFn(self._config))
+        )
+        if not self._store:
+            return verified | "Results" >> beam.MapTuple(lambda result, _a, _b: result)
+        return verified | "StoreVerified" >> WriteStoreParts(
+            self._store, VERIFIED_SCHEMA, verified_row, self._parts, to_ref=_result_of
         )

@@ -1,0 +1,55 @@
+"""`gld select`: selection again on a finished curation, from the files its first job wrote.
+
+Reads `run.json` for the run's settings, replaces the selection settings (a preset's selection
+part, then explicit flags, over the defaults: exactly what a fresh `gld curate` with those flags
+would use), and runs the same `build_selection` job that `gld curate` runs second. Nothing is
+fetched, extracted or matched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import PRESETS, CurateConfig
+from pipeline.curate import build_selection, finish_run, merge_counters, output_paths
+from pipeline.runner import Counters, run_pipeline
+from transforms.audit import KINDS
+from transforms.select import SelectConfig
+
+
+def _first_job_counters(counters: Counters) -> Counters:
+    """The counters of the run without those its selection job made (made again now)."""
+    kept = {stage: dict(values) for stage, values in counters.items() if stage != "select"}
+    if "audit" in kept:
+        kept["audit"] = {name: value for name, value in kept["audit"].items() if name not in KINDS}
+    return kept
+
+
+def run_reselection(
+    output: str,
+    preset: str | None,
+    select: dict[str, Any],
+    beam_args: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Re-select `output` with `preset`'s selection settings (the run's preset when None) and
+    the `select` overrides (SelectConfig field -> value); returns the new run summary."""
+    path = output_paths(output)["run_json"]
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{path} not found: `gld select` needs a finished `gld curate --output`")
+    with FileSystems.open(path) as handle:
+        previous = json.loads(handle.read().decode("utf-8"))
+    config = CurateConfig.from_json(previous["config"])
+    chosen = preset or config.preset
+    if chosen not in PRESETS:
+        raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(PRESETS)}")
+    settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
+    config = dataclasses.replace(config, select=settings, progress=progress)
+    counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
+    merged = merge_counters(_first_job_counters(previous["counters"]), counters)
+    seconds = {**previous["seconds"], "select_wall": round(wall, 3)}
+    return finish_run(config, merged, seconds)
