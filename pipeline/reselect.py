@@ -48,7 +48,8 @@ def run_reselection(
     if chosen not in PRESETS:
         raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(PRESETS)}")
     settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
-    config = dataclasses.replace(config, select=settings, progress=progress)
+    # the folder given, not the one recorded: a run folder may have been copied or moved
+    config = dataclasses.replace(config, output=output, select=settings, progress=progress)
     counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
     merged = merge_counters(_first_job_counters(previous["counters"]), counters)
     seconds = {**previous["seconds"], "select_wall": round(wall, 3)}

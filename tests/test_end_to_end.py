@@ -241,15 +241,16 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     """`gld select` with another rule on a finished run writes what a fresh run with that rule
     writes, byte for byte, without extracting or verifying anything."""
     root = tmp_path_factory.mktemp("select")
-    reselected, fresh = str(root / "reselected"), str(root / "fresh")
-    shutil.copytree(curated["outputs"][0], reselected)
+    base, reselected, fresh = str(root / "base"), str(root / "reselected"), str(root / "fresh")
+    assert main(["curate", *_images_args(curated, base), *BEAM]) == 0
+    shutil.copytree(base, reselected)  # a copied run folder is re-selected where it now is
     rule = ["--policy", "degree", "--min-degree", "2", "--min-inliers", "150"]
     assert main(["select", "--output", reselected, *rule, "--no-progress"]) == 0
     assert main(["curate", *_images_args(curated, fresh), *rule, *BEAM]) == 0
     for name in (*SELECTION_FILES, "pairs.parquet"):
         with open(os.path.join(reselected, name), "rb") as a, open(os.path.join(fresh, name), "rb") as b:
             assert a.read() == b.read(), name
-    before, after = _run_json(curated["outputs"][0]), _run_json(reselected)
+    before, after = _run_json(base), _run_json(reselected)
     assert after["config"]["select"]["min_inliers"] == 150 and after["counts"]["accounting_ok"]
     for stage in ("features", "verify", "fetch"):
         assert after["counters"][stage] == before["counters"][stage], stage

@@ -24,6 +24,7 @@ import apache_beam as beam
 import numpy as np
 
 from schemas.records import FeatureRef, LocalFeatures, PairResult
+from schemas.vocabulary import Stage
 from transforms.feature_store import light
 from transforms.global_descriptor import DescribeImages, nearest_neighbours
 from transforms.metering import meter
@@ -198,7 +199,7 @@ def blocks_of_class(
         key, pair = item
         reused = _stored_result(landmark_id, pair, refs, stored)
         if reused is not None:
-            tick(STAGE, "reused")
+            tick(Stage.VERIFY.value, "reused")  # verification work saved
             yield beam.pvalue.TaggedOutput("reused", reused)
         else:
             todo[key].append(pair)
