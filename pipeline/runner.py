@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -12,8 +13,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
-from pipeline.local_runner_fix import lock_buffer_creation
 from transforms import progress
 
 # Bytes per manifest row used to guess the row count from the file size (GLDv2: ~110).
@@ -38,17 +39,34 @@ def estimated_rows(path: str, plan_only: bool = False) -> int:
 
 
 def local_runner_args(beam_args: list[str]) -> list[str]:
-    """Beam's default local runner first downloads a binary; use the in-process one instead.
-
-    One worker thread unless `--direct_num_workers` says otherwise: with several, Beam 2.77's
-    in-process runner cuts a stage into parallel parts, which could drop elements (see
-    local_runner_fix.py) and, in 4 of 7 600-image demos, grew the process to 24 GB and was
-    OOM-killed; with one, 3 of 3 peaked at 3.5 GB in the same ~80 s, since downloads run on
-    their own thread pool and OpenCV and BLAS use threads of their own."""
+    """Beam's default local runner first downloads a binary; use the in-process one instead,
+    with one worker thread per core unless `--direct_num_workers` says otherwise (SIFT, the
+    descriptor matmul and RANSAC release the GIL, so threads use the cores)."""
     if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         return beam_args
-    workers = [] if any(a.startswith("--direct_num_workers") for a in beam_args) else ["--direct_num_workers=1"]
+    workers = (
+        [] if any(a.startswith("--direct_num_workers") for a in beam_args) else [f"--direct_num_workers={_cores()}"]
+    )
     return ["--runner=DirectRunner", "--direct_running_mode=multi_threading", *workers, *beam_args]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def disable_time_based_flush() -> None:
+    """Turn off the once-a-second flush of the in-process runner's data streams (Beam 2.77).
+
+    The FnApiRunner gives its gRPC data plane a timer thread that flushes each output stream
+    (`data_plane.TimeBasedBufferingClosableOutputStream.flush`: send a copy, then clear) while
+    the bundle's thread keeps writing to it without a lock. Whatever is written between the
+    copy and the clear is lost: whole elements (a feature set missing from its block), or half
+    of one, which leaves a stream that decodes as garbage (a None where a tuple was, or a length
+    read from payload bytes that allocates gigabytes). Without the timer, streams flush at
+    element boundaries (by size) and on close only. `tests/test_local_runner.py` reproduces the
+    loss with the timer (GLD_REPRO=1) and checks the pipeline's join shape without it. The value
+    is read when a runner starts its data service and its embedded SDK harness."""
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
 def collect_counters(result: beam.runners.runner.PipelineResult) -> Counters:
@@ -66,7 +84,7 @@ def run_pipeline(
 ) -> tuple[Counters, float]:
     """Build with `build(pipeline)`, run to completion; returns (counters, wall seconds)."""
     progress.set_enabled(show_progress)
-    lock_buffer_creation()
+    disable_time_based_flush()
     options = PipelineOptions(local_runner_args(list(beam_args or [])), save_main_session=False)
     started = time.time()
     pipeline = beam.Pipeline(options=options)

@@ -38,6 +38,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.worker import data_plane
 
+from pipeline.runner import disable_time_based_flush, local_runner_args
+
 REPRO = pytest.mark.skipif(not os.environ.get("GLD_REPRO"), reason="Beam 2.77 bug demonstration (GLD_REPRO=1)")
 
 MULTI_THREADING = ["--runner=DirectRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=1"]
@@ -154,13 +156,15 @@ def test_multi_threading_loses_elements(flush_ms: int, n: int, size: int, runs: 
 
 @pytest.fixture
 def no_time_based_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    # read when the runner builds its data servicer and its embedded SDK harness
-    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 0)
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
+    disable_time_based_flush()  # what every `gld` job does before it runs
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
 
 
 @pytest.mark.usefixtures("no_time_based_flush")
 def test_pipeline_shape_keeps_every_element_without_time_based_flush() -> None:
+    """The local default (multi_threading, one worker per core) keeps every element."""
     size, n = 400_000, 40
-    for _ in range(20):
-        rows = run_shape(MULTI_THREADING, n, size)
+    for _ in range(12):
+        rows = run_shape(local_runner_args([]), n, size)
         assert len(rows) == n and all(ok for _, ok, _, _ in rows), [r for r in rows if not r[1]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import apache_beam as beam
 import pytest
@@ -51,9 +52,9 @@ def test_local_default_runner_is_in_process_and_explicit_runner_wins() -> None:
     assert local_runner_args([])[0] == "--runner=DirectRunner"
     assert "--direct_running_mode=multi_threading" in local_runner_args([])
     assert local_runner_args(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
-    assert "--direct_num_workers=1" in local_runner_args([])  # one worker thread by default
-    assert local_runner_args(["--direct_num_workers=2"]).count("--direct_num_workers=2") == 1
-    assert "--direct_num_workers=1" not in local_runner_args(["--direct_num_workers=2"])
+    assert f"--direct_num_workers={len(os.sched_getaffinity(0))}" in local_runner_args([])  # one per core
+    assert local_runner_args(["--direct_num_workers=3"]).count("--direct_num_workers=3") == 1
+    assert sum(a.startswith("--direct_num_workers") for a in local_runner_args(["--direct_num_workers=3"])) == 1
 
 
 def test_graph_has_one_composite_per_stage(tmp_path) -> None:
