@@ -17,27 +17,36 @@ import argparse
 import json
 from pathlib import Path
 
+from transforms.verify import PAIR_OUTCOMES
+
 
 def per_item_seconds(run: dict) -> dict[str, float]:
-    """Busy seconds per image (decode, features) and per candidate pair (verify)."""
+    """Busy seconds per image (decode, features) and per verified candidate pair; wall seconds
+    of the selection job per input row (what `gld select` costs), times the cores it used."""
     counters, seconds = run["counters"], run["seconds"]
     images = counters["features"]["ok"]
-    pairs = sum(v for k, v in counters["verify"].items() if k != "busy_ms")  # one outcome per pair
+    pairs = sum(counters["verify"].get(k, 0) for k in PAIR_OUTCOMES)
     return {
         "decode_s_per_image": seconds["decode"] / counters["decode"]["ok"],
         "features_s_per_image": seconds["features"] / images,
         "verify_s_per_pair": seconds["verify"] / max(1, pairs),
+        "select_s_per_row": seconds.get("select_wall", 0.0) * run.get("cores", 2) / max(1, run["counts"]["rows"]),
     }
 
 
-def feature_bytes_per_image(run: dict) -> float:
-    """Stored feature bytes per image (what the verify joins shuffle), from the run's output."""
-    folder = Path(run["outputs"]["features"])
-    size = sum(path.stat().st_size for path in folder.glob("*.parquet"))
-    return size / max(1, run["counters"]["features"]["ok"])
+def volumes_per_image(run: dict) -> dict[str, float]:
+    """Shuffled bytes per input row (counter `shuffle/bytes`) and feature-store bytes read by
+    verification per image (counter `verify/store_read_bytes`), from the run's counters."""
+    counters = run["counters"]
+    rows = max(1, run["counts"]["rows"])
+    return {
+        "shuffle_bytes_per_image": counters.get("shuffle", {}).get("bytes", 0) / rows,
+        "store_read_bytes_per_image": counters["verify"].get("store_read_bytes", 0) / rows,
+        "store_reads_per_image": counters["verify"].get("store_reads", 0) / rows,
+    }
 
 
-def estimate(costs: dict[str, float], feature_bytes: float, args: argparse.Namespace) -> dict:
+def estimate(costs: dict[str, float], volumes: dict[str, float], args: argparse.Namespace) -> dict:
     pairs = args.images * args.pairs_per_image * args.pair_overlap
     vcpu_hours = {
         "ingest": args.images / args.ingest_images_per_vcpu_s / 3600,
@@ -47,9 +56,14 @@ def estimate(costs: dict[str, float], feature_bytes: float, args: argparse.Names
     }
     total_vcpu_hours = sum(vcpu_hours.values())
     per_vcpu_hour = args.vcpu_hour + args.gb_per_vcpu * args.gb_hour
-    shuffle_gb = args.images * args.feature_copies * feature_bytes / 1e9
-    cost = total_vcpu_hours * per_vcpu_hour + shuffle_gb * args.shuffle_gb
+    # the measured run's pairs per image is small (a class of n < 40 has n-1 partners); the
+    # per-image shuffle is dominated by fixed per-image records and the kNN descriptor
+    shuffle_gb = args.images * volumes["shuffle_bytes_per_image"] / 1e9
+    reads_per_image = volumes["store_reads_per_image"] * args.pairs_per_image / max(1.0, args.measured_pairs_per_image)
+    store_reads = args.images * reads_per_image
+    cost = total_vcpu_hours * per_vcpu_hour + shuffle_gb * args.shuffle_gb + store_reads / 1e4 * args.read_ops_10k
     wall_hours = total_vcpu_hours / (args.workers * args.vcpus_per_worker)
+    reselect_vcpu_hours = args.images * costs["select_s_per_row"] / 3600
     return {
         "images": args.images,
         "candidate_pairs": round(pairs),
@@ -57,10 +71,13 @@ def estimate(costs: dict[str, float], feature_bytes: float, args: argparse.Names
         "vcpu_hours": {k: round(v, 1) for k, v in vcpu_hours.items()},
         "total_vcpu_hours": round(total_vcpu_hours, 1),
         "usd_per_vcpu_hour": round(per_vcpu_hour, 5),
-        "feature_bytes_per_image": round(feature_bytes),
+        "volumes": {k: round(v, 1) for k, v in volumes.items()},
         "shuffle_gb": round(shuffle_gb),
+        "store_reads": round(store_reads),
         "cost_usd": round(cost, 2),
         "wall_hours": round(wall_hours, 2),
+        "reselect_vcpu_hours": round(reselect_vcpu_hours, 2),
+        "reselect_usd": round(reselect_vcpu_hours * per_vcpu_hour, 2),
     }
 
 
@@ -75,17 +92,22 @@ def main() -> None:
     parser.add_argument("--gb-hour", type=float, default=0.003557, help="Dataflow batch, USD per GB-hour")
     parser.add_argument("--gb-per-vcpu", type=float, default=4.0, help="n2-standard: 4 GB per vCPU")
     parser.add_argument("--shuffle-gb", type=float, default=0.011, help="Dataflow Shuffle, USD per GB processed")
-    parser.add_argument("--feature-copies", type=float, default=5.3, help="shuffled copies of an image's features")
+    parser.add_argument(
+        "--measured-pairs-per-image", type=float, default=10.0, help="candidate pairs per image of the measured run"
+    )
+    parser.add_argument("--read-ops-10k", type=float, default=0.004, help="GCS class B operations, USD per 10,000")
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--vcpus-per-worker", type=int, default=8)
     args = parser.parse_args()
     run = json.loads(Path(args.run_json).read_text())
-    result = estimate(per_item_seconds(run), feature_bytes_per_image(run), args)
+    result = estimate(per_item_seconds(run), volumes_per_image(run), args)
     for stage, hours in result["vcpu_hours"].items():
         print(f"{stage:9s} {hours:10.1f} vCPU-h")
     vcpu_cost = result["total_vcpu_hours"] * result["usd_per_vcpu_hour"]
     print(f"compute {result['total_vcpu_hours']:.1f} vCPU-h x ${result['usd_per_vcpu_hour']:.4f} = ${vcpu_cost:.0f}")
     print(f"shuffle {result['shuffle_gb']} GB x ${args.shuffle_gb} = ${result['shuffle_gb'] * args.shuffle_gb:.0f}")
+    print(f"store reads {result['store_reads']:,} x ${args.read_ops_10k} / 10k")
+    print(f"re-selection (gld select): {result['reselect_vcpu_hours']} vCPU-h = ${result['reselect_usd']}")
     fleet = f"{args.workers} x {args.vcpus_per_worker} vCPUs"
     print(f"total ${result['cost_usd']:.0f}; {fleet}: {result['wall_hours']:.1f} h")
     print(json.dumps(result))

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
@@ -25,7 +24,6 @@ from pipeline.report import build_report
 from pipeline.runner import (
     Counters,
     busy_seconds,
-    estimated_rows,
     paths_under,
     run_pipeline,
     versions,
@@ -55,7 +53,7 @@ from transforms.image_store import ReadStore, settings_key
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.pairs import GeneratePairs
 from transforms.select import SelectClean
-from transforms.store import ParquetSpec, WriteSortedParquet, WriteTrainClean, prefix_length
+from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table, remove_table
 from transforms.verify import VerifyPairs
 
 VERIFIED_COLUMNS = VERIFIED_SCHEMA.names
@@ -88,9 +86,9 @@ def store_folders(config: CurateConfig) -> dict[str, str]:
     return {"features": features, "verified": FileSystems.join(config.output, "verified", settings_key(settings))}
 
 
-def _sorted_writer(path: str, spec_of: tuple, prefix: int) -> WriteSortedParquet:
+def _sorted_writer(path: str, spec_of: tuple) -> WriteSortedParquet:
     schema, to_row, key = spec_of
-    return WriteSortedParquet(path, ParquetSpec(schema, to_row, key, prefix))
+    return WriteSortedParquet(path, ParquetSpec(schema, to_row, key))
 
 
 _DECISIONS = (DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]))
@@ -111,8 +109,9 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
     rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, columns))
     images, ingest_failures = build_ingest(pipeline, rows, config)
     reused, to_extract = images | "ReuseFeatures" >> ReuseStoredFeatures(stores["features"])
+    # a feature set (4000 SIFT: ~1 MB) is ~8 images' JPEGs; a verified pair ~1/1000 of one
     extract = ExtractFeatures(
-        config.features, check_model=not config.plan_only, store=stores["features"], parts=config.store
+        config.features, check_model=not config.plan_only, store=stores["features"], parts=config.store.scaled(1 / 8)
     )
     extracted, feature_failures = to_extract | "ExtractFeatures" >> extract
     features = (reused, extracted) | "AllFeatures" >> beam.Flatten()
@@ -122,30 +121,29 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         "images": images,
         "stored": stored_pairs,
     } | "GeneratePairs" >> GeneratePairs(config.pairs)
-    verified = blocks | "VerifyPairs" >> VerifyPairs(config.verify, store=stores["verified"], parts=config.store)
+    verified = blocks | "VerifyPairs" >> VerifyPairs(
+        config.verify, store=stores["verified"], parts=config.store.scaled(64)
+    )
     pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()
 
-    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
-    pairs | "WritePairs" >> _sorted_writer(out["pairs"], _PAIRS, prefix)
-    features | "WriteMembers" >> _sorted_writer(out["members"], _MEMBERS, prefix)
+    pairs | "WritePairs" >> _sorted_writer(out["pairs"], _PAIRS)
+    features | "WriteMembers" >> _sorted_writer(out["members"], _MEMBERS)
     (
         failures
         | "FailureDecisions" >> beam.Map(ImageDecision.from_failure)
-        | "WriteFailures" >> _sorted_writer(out["failures"], _DECISIONS, prefix)
+        | "WriteFailures" >> _sorted_writer(out["failures"], _DECISIONS)
     )
     if config.audit.enabled:
         candidates = features | "FindAuditCandidates" >> FindAuditCandidates(config.audit, config.verify)
     else:
         candidates = pipeline | "NoAudit" >> beam.Create([])
-    candidates | "WriteAuditCandidates" >> _sorted_writer(out["audit_candidates"], _AUDIT, 0)
+    candidates | "WriteAuditCandidates" >> _sorted_writer(out["audit_candidates"], _AUDIT)
     return {"rows": rows, "features": features, "pairs": pairs, "failures": failures}
 
 
-def _read(pipeline: beam.Pipeline, label: str, path: str, from_row: Callable, plan_only: bool) -> beam.PCollection:
-    # a plan is built before the first job has written anything
-    read = beam.io.ReadFromParquet(path, validate=not plan_only)
-    return pipeline | f"Read{label}" >> read | f"To{label}" >> beam.Map(from_row)
+def _read(pipeline: beam.Pipeline, label: str, path: str, from_row: Callable) -> beam.PCollection:
+    return pipeline | f"Read{label}" >> ReadTable(path) | f"To{label}" >> beam.Map(from_row)
 
 
 def build_selection(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
@@ -153,30 +151,26 @@ def build_selection(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, 
     decisions, train_clean.csv, the c2x export and the audit. No feature is read and no pair
     is matched, so a new threshold or policy costs seconds (`gld select`)."""
     out = output_paths(config.output)
-    members = _read(
-        pipeline, "Members", out["members"], lambda r: (r["landmark_id"], (r["id"], r["line"])), config.plan_only
-    )
-    pairs = _read(pipeline, "Pairs", out["pairs"], pair_from_row, config.plan_only)
-    failed = _read(pipeline, "Failures", out["failures"], decision_from_row, config.plan_only)
+    members = _read(pipeline, "Members", out["members"], lambda r: (r["landmark_id"], (r["id"], r["line"])))
+    pairs = _read(pipeline, "Pairs", out["pairs"], pair_from_row)
+    failed = _read(pipeline, "Failures", out["failures"], decision_from_row)
     selected = {"members": members, "pairs": pairs} | "SelectClean" >> SelectClean(config.select)
     decisions = (failed, selected) | "AllDecisions" >> beam.Flatten()
 
-    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
-    decisions | "WriteDecisions" >> _sorted_writer(out["decisions"], _DECISIONS, prefix)
+    decisions | "WriteDecisions" >> _sorted_writer(out["decisions"], _DECISIONS)
     decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])
-    decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"], prefix)
-    candidates = _read(pipeline, "AuditCandidates", out["audit_candidates"], finding_from_row, config.plan_only)
+    decisions | "ExportC2x" >> ExportRejectedSameClass(out["c2x_csv"], out["c2x_scores"])
+    candidates = _read(pipeline, "AuditCandidates", out["audit_candidates"], finding_from_row)
     findings = {"candidates": candidates, "decisions": decisions} | "AuditLabels" >> AuditLabels(
         config.audit, config.select.min_inliers
     )
-    findings | "WriteAudit" >> _sorted_writer(out["audit"], _AUDIT, 0)
+    findings | "WriteAudit" >> _sorted_writer(out["audit"], _AUDIT)
     return {"decisions": decisions}
 
 
 def summarize(decisions_path: str) -> dict[str, Any]:
     """Counts per status and per reason, and the accounting checks, from decisions.parquet."""
-    with FileSystems.open(decisions_path) as handle:
-        table = pq.read_table(handle, columns=["id", "status", "reason", "stage"])
+    table = read_table(decisions_path, columns=["id", "status", "reason", "stage"])
     ids = table.column("id").to_pylist()
     statuses = table.column("status").to_pylist()
     reasons = table.column("reason").to_pylist()
@@ -236,8 +230,21 @@ def finish_run(config: CurateConfig, counters: Counters, seconds: dict[str, floa
     return run
 
 
+#: The tables each job writes (file or folder of parts); a job first removes what an earlier
+#: run left there, so that no stale part of another size is read with the new ones.
+CURATION_TABLES = ("pairs", "members", "failures", "audit_candidates", "duplicates")
+SELECTION_TABLES = ("decisions", "c2x_scores", "audit")
+
+
+def clear_tables(output: str, names: tuple[str, ...]) -> None:
+    out = output_paths(output)
+    for name in names:
+        remove_table(out[name])
+
+
 def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Run the heavy half, then selection, then write `run.json` and `ingest_stats.json`."""
+    clear_tables(config.output, CURATION_TABLES + SELECTION_TABLES)
     counters, heavy = run_pipeline(lambda p: build_curation(p, config), beam_args, config.progress)
     selection, select_wall = run_pipeline(lambda p: build_selection(p, config), beam_args, config.progress)
     seconds = {"wall": round(heavy + select_wall, 3), "select_wall": round(select_wall, 3)}

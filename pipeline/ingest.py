@@ -7,14 +7,11 @@ import dataclasses
 from typing import Any
 
 import apache_beam as beam
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
 from pipeline.runner import (
     Counters,
     busy_seconds,
-    estimated_rows,
     paths_under,
     run_pipeline,
     versions,
@@ -23,7 +20,7 @@ from pipeline.runner import (
 from schemas.tables import DUPLICATES_SCHEMA
 from transforms.ingest import Ingest, IngestConfig
 from transforms.manifest import ManifestConfig, ReadManifest
-from transforms.store import ParquetSpec, WriteSortedParquet, prefix_length
+from transforms.store import ParquetSpec, WriteSortedParquet, read_table, remove_table
 
 #: What ingest writes under `--output` (the failure log folder is `ingest_failures/`).
 INGEST_OUTPUTS = {
@@ -45,15 +42,14 @@ def _write_shard_reports(reports: list, path: str) -> None:
 def build_ingest(
     pipeline: beam.Pipeline, rows: beam.PCollection, config: CurateConfig
 ) -> tuple[beam.PCollection, beam.PCollection]:
-    """Wire ingest for `rows`; returns (DecodedImage, Failure) PCollections and writes the
+    """Wire ingest for `rows`; returns (ImageRef, Failure) PCollections and writes the
     duplicates table (and `tar_shards.json` when reading tars) as side outputs."""
     out = ingest_paths(config.output)
     ingested = rows | "Ingest" >> Ingest(
         IngestConfig(config.output, config.fetch, config.decode, config.store, plan_only=config.plan_only)
     )
-    prefix = prefix_length(estimated_rows(config.train_csv, config.plan_only), rows_per_part=50_000)
     ingested["duplicates"] | "WriteDuplicates" >> WriteSortedParquet(
-        out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]), prefix)
+        out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]))
     )
     if "shard_reports" in ingested:
         (
@@ -90,8 +86,7 @@ def ingest_stats(counters: Counters, wall: float, duplicates_path: str) -> dict[
     stored, reused = decode.get("ok", 0), ingest.get("reused", 0)
     unique = dedupe.get("unique", 0)
     failed_total = sum(failed.values())
-    with FileSystems.open(duplicates_path) as handle:
-        duplicates = pq.read_table(handle, columns=["sha256"]).column("sha256").to_pylist()
+    duplicates = read_table(duplicates_path, columns=["sha256"]).column("sha256").to_pylist()
     return {
         "rows": manifest.get("input_rows", 0),
         "manifest_failed": manifest_failed,
@@ -117,8 +112,9 @@ def run_ingest(config: CurateConfig, beam_args: list[str] | None = None) -> dict
         rows, _ = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv))
         build_ingest(pipeline, rows, config)
 
-    counters, wall = run_pipeline(build, beam_args, config.progress)
     out = ingest_paths(config.output)
+    remove_table(out["duplicates"])
+    counters, wall = run_pipeline(build, beam_args, config.progress)
     stats = {**ingest_stats(counters, wall, out["duplicates"]), "config": config.to_json(), "versions": versions()}
     write_json(out["ingest_stats"], stats)
     return stats

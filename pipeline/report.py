@@ -22,14 +22,13 @@ from pipeline.report_data import (
     example_pairs,
     inlier_histogram,
     ranked_by_removal,
-    read_table,
     rows_with_ids,
     size_bins,
-    stream_batches,
 )
 from pipeline.report_images import draw_matches, thumbnail
 from schemas.tables import features_from_row
 from transforms.audit import KINDS
+from transforms.store import read_table, stream_batches
 from transforms.verify import VerifyConfig, inlier_matches
 
 REPORT_NAME = "report.html"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,16 +139,6 @@ def example_pairs(batches: Iterable[pa.RecordBatch], min_inliers: int) -> list[E
                 landmark_id = batch.column("landmark_id")[i].as_py()
                 best[caption] = (key, ExamplePair(caption, landmark_id, id_a, landmark_id, id_b, int(inliers[i])))
     return [best[caption][1] for caption in _EXAMPLES if caption in best]
-
-
-def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
-    with FileSystems.open(path) as handle:
-        return pq.read_table(handle, columns=columns)
-
-
-def stream_batches(path: str, columns: list[str], batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    with FileSystems.open(path) as handle:
-        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
 
 
 def rows_with_ids(directory: str, ids: set[str], columns: list[str]) -> dict[str, dict]:

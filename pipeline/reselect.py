@@ -15,7 +15,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import PRESETS, CurateConfig
-from pipeline.curate import build_selection, finish_run, merge_counters, output_paths
+from pipeline.curate import SELECTION_TABLES, build_selection, clear_tables, finish_run, merge_counters, output_paths
 from pipeline.runner import Counters, run_pipeline
 from transforms.audit import KINDS
 from transforms.select import SelectConfig
@@ -50,6 +50,7 @@ def run_reselection(
     settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
     # the folder given, not the one recorded: a run folder may have been copied or moved
     config = dataclasses.replace(config, output=output, select=settings, progress=progress)
+    clear_tables(output, SELECTION_TABLES)
     counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
     merged = merge_counters(_first_job_counters(previous["counters"]), counters)
     seconds = {**previous["seconds"], "select_wall": round(wall, 3)}

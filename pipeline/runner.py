@@ -17,25 +17,12 @@ from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
 from transforms import progress
 
-# Bytes per manifest row used to guess the row count from the file size (GLDv2: ~110).
-_BYTES_PER_ROW_GUESS = 60
-# Rows assumed by a plan that must not open the manifest: GLDv2's train.csv.
-PLAN_ROWS_GUESS = 4_132_914
-
 Counters = dict[str, dict[str, int]]
 
 
 def paths_under(root: str, names: dict[str, str]) -> dict[str, str]:
     """{key: root/name} for the files a job writes under its output folder."""
     return {key: FileSystems.join(root, name) for key, name in names.items()}
-
-
-def estimated_rows(path: str, plan_only: bool = False) -> int:
-    """Rows guessed from the manifest's size (output sharding only); a plan assumes GLDv2's."""
-    if plan_only:
-        return PLAN_ROWS_GUESS
-    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    return max(1, size // _BYTES_PER_ROW_GUESS)
 
 
 def local_runner_args(beam_args: list[str]) -> list[str]:

@@ -308,20 +308,27 @@ class FeatureSummary:
     phash: int
 
 
-def feature_ref(row: dict, image: ManifestRow, path: str, index: int) -> FeatureRef:
-    """The claim check of the features at (path, index) of the store, for manifest row `image`,
-    from that store row's `FEATURE_INDEX_COLUMNS`."""
+def feature_ref(image: ManifestRow, path: str, index: int, count: int, summary: FeatureSummary) -> FeatureRef:
+    """The claim check of the `count` features at (path, index) of the store, for manifest row
+    `image` (whose class and line may have changed since the features were stored)."""
     return FeatureRef(
         id=image.id,
         landmark_id=image.landmark_id,
         line=image.line,
         path=path,
         index=index,
-        count=int(row["num_features"]),
-        sha256=row["sha256"],
-        global_descriptor=decode_array(row["global_descriptor"]),
-        mean=decode_array(row["mean"]),
-        phash=int(row["phash"]),
+        count=count,
+        sha256=summary.sha256,
+        global_descriptor=summary.global_descriptor,
+        mean=summary.mean,
+        phash=summary.phash,
+    )
+
+
+def summary_from_row(row: dict) -> FeatureSummary:
+    """The `FeatureSummary` of a features store row (its `FEATURE_INDEX_COLUMNS` suffice)."""
+    return FeatureSummary(
+        row["sha256"], decode_array(row["global_descriptor"]), decode_array(row["mean"]), int(row["phash"])
     )
 
 

@@ -43,7 +43,7 @@ def test_export_writes_the_csv_and_the_scores(tmp_path) -> None:
     csv_path, scores_path = str(tmp_path / "c2x.csv"), str(tmp_path / "scores.parquet")
     options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
     with BeamTestPipeline(options=options) as pipeline:
-        pipeline | beam.Create(DECISIONS) | ExportRejectedSameClass(csv_path, scores_path, prefix=0)
+        pipeline | beam.Create(DECISIONS) | ExportRejectedSameClass(csv_path, scores_path)
     assert (tmp_path / "c2x.csv").read_text(encoding="utf-8") == "landmark_id,images\n1,c d\n"
     scores = pq.read_table(scores_path).to_pylist()
     assert [(r["id"], r["reason"], r["status"]) for r in scores] == [

@@ -11,19 +11,20 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import ImageDecision
 from schemas.tables import DECISIONS_SCHEMA, PAIRS_SCHEMA, decision_to_row
 from schemas.vocabulary import Status
 from transforms.store import (
     ParquetSpec,
-    WriteParquetParts,
     WriteSortedParquet,
     WriteTrainClean,
     clean_row,
     kept_by_class,
+    part_name,
     prefix_length,
+    read_table,
+    remove_table,
 )
 
 
@@ -51,16 +52,25 @@ def _decision(i: int, landmark_id: int | None = None, status: Status = Status.KE
     )
 
 
-def _spec(prefix: int) -> ParquetSpec:
-    return ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), prefix)
+def _spec(rows_per_part: int) -> ParquetSpec:
+    return ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), rows_per_part)
 
 
 DECISIONS = [_decision(i) for i in range(60)]
 
+# rows per part giving key prefixes of 0, 1 and 2 characters for the 60 rows above
+ROWS_PER_PART = {0: 1000, 1: 10, 2: 3}
 
-def _write_sorted(path: Path, decisions: list[ImageDecision], prefix: int) -> None:
+
+def _write_sorted(path: Path, decisions: list[ImageDecision], rows_per_part: int) -> None:
     with BeamTestPipeline(options=_beam_options()) as pipeline:
-        _ = pipeline | beam.Create(decisions) | WriteSortedParquet(str(path), _spec(prefix))
+        _ = pipeline | beam.Create(decisions) | WriteSortedParquet(str(path), _spec(rows_per_part))
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
 
 
 @pytest.mark.parametrize(
@@ -83,28 +93,35 @@ def test_prefix_length(rows: int, per_part: int, expected: int) -> None:
 
 @pytest.mark.parametrize("prefix", [0, 1, 2])
 def test_write_sorted_parquet(tmp_path: Path, prefix: int) -> None:
+    """Small tables are one file; larger ones a folder of parts cut by key prefix, sized from
+    the row count of the data, each part sorted, their names in key order."""
     shuffled = DECISIONS[::-1]
     path = tmp_path / "decisions.parquet"
-    _write_sorted(path, shuffled, prefix)
+    _write_sorted(path, shuffled, ROWS_PER_PART[prefix])
 
-    assert sorted(os.listdir(tmp_path)) == ["decisions.parquet"], "no .parts directory left behind"
-    parquet = pq.ParquetFile(path)
-    assert parquet.schema_arrow.equals(DECISIONS_SCHEMA)
-    table = parquet.read()
+    assert sorted(os.listdir(tmp_path)) == ["decisions.parquet"], "nothing else left behind"
+    expected = sorted((decision_to_row(d) for d in DECISIONS), key=lambda r: r["id"])
+    table = read_table(str(path))
     assert table.schema.equals(DECISIONS_SCHEMA)
-    rows = table.to_pylist()
-    assert rows == sorted((decision_to_row(d) for d in DECISIONS), key=lambda r: r["id"])
-    if prefix:
-        # one row group per id prefix, in prefix order
-        assert parquet.metadata.num_row_groups == len({d.id[:prefix] for d in DECISIONS})
+    assert table.to_pylist() == expected
+    assert pq.read_table(path).to_pylist() == expected  # pyarrow reads the folder in name order too
+    if prefix == 0:
+        assert path.is_file()
+        return
+    prefixes = sorted({d.id[:prefix] for d in DECISIONS})
+    assert sorted(os.listdir(path)) == [part_name(p) for p in prefixes]
+    for name, part_prefix in zip(sorted(os.listdir(path)), prefixes, strict=True):
+        ids = pq.read_table(path / name).column("id").to_pylist()
+        assert ids == sorted(d.id for d in DECISIONS if d.id.startswith(part_prefix))
 
 
 def test_write_sorted_parquet_is_byte_identical(tmp_path: Path) -> None:
-    _write_sorted(tmp_path / "a" / "out.parquet", DECISIONS, prefix=1)
-    _write_sorted(tmp_path / "b" / "out.parquet", DECISIONS[::-1], prefix=1)
-    first = (tmp_path / "a" / "out.parquet").read_bytes()
-    assert first == (tmp_path / "b" / "out.parquet").read_bytes()
-    assert first[:4] == b"PAR1"
+    for rows_per_part in (1000, 10):
+        first, second = tmp_path / f"a{rows_per_part}" / "out.parquet", tmp_path / f"b{rows_per_part}" / "out.parquet"
+        _write_sorted(first, DECISIONS, rows_per_part)
+        _write_sorted(second, DECISIONS[::-1], rows_per_part)
+        assert _tree(first) == _tree(second)
+    assert (tmp_path / "a1000" / "out.parquet").read_bytes()[:4] == b"PAR1"
 
 
 def test_write_sorted_parquet_ties_use_the_whole_sort_key(tmp_path: Path) -> None:
@@ -114,34 +131,36 @@ def test_write_sorted_parquet_ties_use_the_whole_sort_key(tmp_path: Path) -> Non
         ImageDecision(line=3, id="abc", landmark_id=1, status=Status.KEPT, reason="verified_component"),
     ]
     path = tmp_path / "twins.parquet"
-    _write_sorted(path, twins, prefix=1)
-    rows = pq.read_table(path).to_pylist()
+    _write_sorted(path, twins, rows_per_part=1)
+    rows = read_table(str(path)).to_pylist()
     assert [(r["id"], r["line"], r["landmark_id"]) for r in rows] == [("abc", 3, 1), ("abc", 9, None)]
 
 
 def test_write_sorted_parquet_ids_shorter_than_the_prefix(tmp_path: Path) -> None:
-    """Non-GLDv2 ids may be shorter than the prefix; the file must still be sorted by id."""
-    ids = ["a", "a-b", "a.b", "ab", "b", "b!", "ba", "line:3", "line:12"]
+    """Non-GLDv2 ids may be shorter than the prefix; the table must still be sorted by id."""
+    ids = ["a", "a-b", "a.b", "ab", "b", "b!", "ba", "line:3", "line:12"] + [f"z{i:02d}" for i in range(40)]
     decisions = [
         ImageDecision(line=i, id=image_id, landmark_id=1, status=Status.KEPT, reason="verified_component")
         for i, image_id in enumerate(ids)
     ]
     path = tmp_path / "short.parquet"
-    _write_sorted(path, decisions, prefix=2)
-    assert pq.read_table(path).column("id").to_pylist() == sorted(ids)
+    _write_sorted(path, decisions, rows_per_part=1)  # 49 rows: two-character prefixes
+    assert read_table(str(path)).column("id").to_pylist() == sorted(ids)
 
 
 def test_write_sorted_parquet_ids_with_glob_characters(tmp_path: Path) -> None:
-    """Part names carry id prefixes; * ? [ in them must not act as patterns when parts are deleted."""
+    """Part names carry id prefixes (hex-encoded): * ? [ in ids never act as patterns."""
     ids = ["*x", "?q", "[z", "[z]", "ab", "a*"]
     decisions = [
         ImageDecision(line=i, id=image_id, landmark_id=1, status=Status.KEPT, reason="verified_component")
         for i, image_id in enumerate(ids)
     ]
     path = tmp_path / "glob.parquet"
-    _write_sorted(path, decisions, prefix=1)
-    assert pq.read_table(path).column("id").to_pylist() == sorted(ids)
+    _write_sorted(path, decisions, rows_per_part=1)
+    assert read_table(str(path)).column("id").to_pylist() == sorted(ids)
     assert sorted(os.listdir(tmp_path)) == ["glob.parquet"]
+    remove_table(str(path))
+    assert os.listdir(tmp_path) == []
 
 
 def test_write_sorted_parquet_of_nothing(tmp_path: Path) -> None:
@@ -155,30 +174,9 @@ def test_write_sorted_parquet_of_nothing(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["pairs.parquet"]
 
 
-def test_write_parquet_parts_one_file_per_prefix(tmp_path: Path) -> None:
-    directory = tmp_path / "store"
-    prefixes = sorted({d.id[0] for d in DECISIONS})
-    assert len(prefixes) > 5
-    expected_paths = [str(directory / f"part-{p}.parquet") for p in prefixes]
-
-    with BeamTestPipeline(options=_beam_options()) as pipeline:
-        paths = pipeline | beam.Create(DECISIONS) | WriteParquetParts(str(directory), _spec(1))
-        assert_that(paths, equal_to(expected_paths))
-
-    assert sorted(os.listdir(directory)) == [f"part-{p}.parquet" for p in prefixes]
-    for prefix in prefixes:
-        table = pq.read_table(directory / f"part-{prefix}.parquet")
-        assert table.schema.equals(DECISIONS_SCHEMA)
-        ids = table.column("id").to_pylist()
-        assert ids == sorted(d.id for d in DECISIONS if d.id.startswith(prefix))
-
-
-def test_write_parquet_parts_prefix_zero_writes_one_part(tmp_path: Path) -> None:
-    directory = tmp_path / "store"
-    with BeamTestPipeline(options=_beam_options()) as pipeline:
-        _ = pipeline | beam.Create(DECISIONS) | WriteParquetParts(str(directory), _spec(0))
-    assert os.listdir(directory) == ["part-all.parquet"]
-    assert pq.read_table(directory / "part-all.parquet").num_rows == len(DECISIONS)
+def test_part_names_sort_like_their_prefixes() -> None:
+    prefixes = ["", "a", "a-", "a.", "ab", "b", "z", "~", "é"]
+    assert sorted(prefixes, key=lambda p: p.encode("utf-8")) == sorted(prefixes, key=part_name)
 
 
 def test_kept_by_class_and_clean_row() -> None:

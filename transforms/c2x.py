@@ -41,11 +41,10 @@ class ExportRejectedSameClass(beam.PTransform):
     Groups one class's selection decisions at a time (the same bound as selection itself).
     """
 
-    def __init__(self, csv_path: str, scores_path: str, prefix: int) -> None:
+    def __init__(self, csv_path: str, scores_path: str) -> None:
         super().__init__()
         self._csv_path = csv_path
         self._scores_path = scores_path
-        self._prefix = prefix
 
     def expand(self, decisions: beam.PCollection) -> beam.PCollection:
         rejected = (
@@ -55,5 +54,5 @@ class ExportRejectedSameClass(beam.PTransform):
             | "Rejected" >> beam.FlatMapTuple(rejected_of_clean_class)
         )
         rejected | "WriteCsv" >> WriteTrainClean(self._csv_path, ids_of=_listed)
-        spec = ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), self._prefix)
+        spec = ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]))
         return rejected | "WriteScores" >> WriteSortedParquet(self._scores_path, spec)

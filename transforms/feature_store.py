@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import FeatureRef, ImageRef, LocalFeatures
-from schemas.tables import FEATURE_INDEX_COLUMNS, feature_ref, features_from_row
+from schemas.tables import FEATURE_INDEX_COLUMNS, feature_ref, features_from_row, summary_from_row
 from transforms.image_store import ReadStore, read_at, settings_key
 from transforms.metering import meter
 from transforms.progress import tick
@@ -76,7 +76,8 @@ def reuse_or_extract(image_id: str, grouped: dict[str, Iterable]) -> Iterator[Fe
         )
         if stored:
             tick(STAGE, "reused")
-            yield feature_ref(stored[0], image.row, stored[0]["path"], stored[0]["index"])
+            first = stored[0]
+            yield feature_ref(image.row, first["path"], first["index"], first["num_features"], summary_from_row(first))
         else:
             yield beam.pvalue.TaggedOutput("extract", image)
 

@@ -23,7 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures, ManifestRow
-from schemas.tables import FEATURES_SCHEMA, FeatureSummary, features_to_row
+from schemas.tables import FEATURES_SCHEMA, FeatureSummary, feature_ref, features_to_row
 from schemas.vocabulary import Reason, Stage
 from transforms.audit_signatures import descriptor_mean, grey_of_jpeg, perceptual_hash
 from transforms.global_descriptor import aggregate_local
@@ -302,20 +302,9 @@ def _store_row(extracted: Extracted) -> dict:
 
 
 def _stored_ref(extracted: Extracted, path: str, index: int) -> FeatureRef:
-    features, summary = extracted.result, summary_of(extracted)
+    features = extracted.result
     assert isinstance(features, LocalFeatures)
-    return FeatureRef(
-        id=features.id,
-        landmark_id=features.landmark_id,
-        line=features.line,
-        path=path,
-        index=index,
-        count=features.count,
-        sha256=summary.sha256,
-        global_descriptor=summary.global_descriptor,
-        mean=summary.mean,
-        phash=summary.phash,
-    )
+    return feature_ref(_row_of(extracted.source), path, index, features.count, summary_of(extracted))
 
 
 def _result(extracted: Extracted) -> LocalFeatures | Failure:

@@ -14,6 +14,7 @@ those) and the latest attempt of an id wins.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,6 +49,11 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if self.part_rows < 1 or self.part_seconds <= 0:
             raise ValueError("part_rows must be >= 1 and part_seconds > 0")
+
+    def scaled(self, factor: float) -> StoreConfig:
+        """The same settings for records `1 / factor` times the size of a stored image: parts
+        of about the same bytes (a worker buffers one part per store it writes)."""
+        return dataclasses.replace(self, part_rows=max(1, round(self.part_rows * factor)))
 
 
 def part_files(directory: str) -> list[str]:

@@ -1,14 +1,15 @@
-"""Deterministic writers: sorted Parquet (one file or one file per id prefix) and the
-official `train_clean.csv`.
+"""Deterministic writers and their readers: sorted Parquet tables and the official
+`train_clean.csv`.
 
-Rows are range-partitioned by the first characters of their sort key, each partition is sorted
-on its own worker, and partitions are laid out in key order, so the output is globally sorted
-and byte-identical across runs while no worker ever holds more than one partition.
+Rows are range-partitioned by the first characters of their sort key (a prefix as long as the
+row count of the data needs), each partition is sorted and written by its own worker, and parts
+are named in key order, so a table is globally sorted and byte-identical across runs while no
+worker holds more than one partition and none concatenates the others.
 """
 
 from __future__ import annotations
 
-import io
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,93 +27,69 @@ from transforms.metering import meter
 SortKey = Callable[[Any], tuple]
 
 
-def prefix_length(estimated_rows: int, rows_per_part: int) -> int:
-    """Smallest id-prefix length (0..3) giving about `rows_per_part` rows per hex prefix."""
+def prefix_length(rows: int, rows_per_part: int) -> int:
+    """Smallest key-prefix length (0..3) giving at most about `rows_per_part` rows per hex prefix."""
     length = 0
-    while length < 3 and 16**length * rows_per_part < estimated_rows:
+    while length < 3 and 16**length * rows_per_part < rows:
         length += 1
     return length
 
 
-def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 @dataclass(frozen=True)
 class ParquetSpec:
-    """How records become one sorted Parquet output.
+    """How records become one sorted Parquet table.
 
-    `to_row` makes a dict matching `schema`; `sort_key(row)` orders rows and its first string
-    field's first `prefix` characters choose the partition.
-    """
+    `to_row` makes a dict matching `schema`; `sort_key(row)` orders rows, and the first
+    characters of its first field choose the part: a table of up to `rows_per_part` rows is one
+    file, a larger one a folder of parts, cut by a key prefix just long enough (from the row
+    count of the data itself) that a part holds about `rows_per_part` rows."""
 
     schema: pa.Schema
     to_row: Callable[[Any], dict]
     sort_key: SortKey
-    prefix: int
+    rows_per_part: int = 500_000
+
+    def __post_init__(self) -> None:
+        if self.rows_per_part < 1:
+            raise ValueError("rows_per_part must be >= 1")
 
 
-def _partition(record: Any, spec: ParquetSpec) -> tuple[str, dict]:
+def part_name(prefix: str) -> str:
+    """`part-<hex of the prefix's UTF-8>.parquet`: file names sort like the prefixes (hex keeps
+    byte order, and a shorter prefix's name sorts first since "." < any hex digit), so reading
+    the parts in name order reads the rows in key order."""
+    return f"part-{prefix.encode('utf-8').hex()}.parquet"
+
+
+def _partition(record: Any, total: int, spec: ParquetSpec) -> tuple[str, dict]:
     row = spec.to_row(record)
-    return str(spec.sort_key(row)[0])[: spec.prefix], row
+    return str(spec.sort_key(row)[0])[: prefix_length(total, spec.rows_per_part)], row
 
 
-def _write_part(prefix: str, rows: Iterable[dict], directory: str = "", spec: ParquetSpec | None = None) -> str:
-    assert spec is not None
-    path = FileSystems.join(directory, f"part-{prefix or 'all'}.parquet")
-    with FileSystems.create(path) as handle:
-        pq.write_table(_table(sorted(rows, key=spec.sort_key), spec.schema), handle, compression="zstd")
-    return path
+def _write_atomically(path: str, table: pa.Table) -> None:
+    # a retried partition rewrites the same name; readers never see half a file
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as handle:
+        pq.write_table(table, handle, compression="zstd")
+    FileSystems.rename([temporary], [path])
 
 
-class WriteParquetParts(beam.PTransform):
-    """Writes `<directory>/part-<prefix>.parquet` files (one per prefix); returns their paths."""
-
-    def __init__(self, directory: str, spec: ParquetSpec) -> None:
-        super().__init__()
-        self._directory = directory
-        self._spec = spec
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return (
-            records
-            | "Partition" >> beam.Map(_partition, spec=self._spec)
-            | meter("MeterRows")
-            | "GroupPartition" >> beam.GroupByKey()
-            | "WritePart" >> beam.MapTuple(_write_part, directory=self._directory, spec=self._spec)
-        )
+def _write_partition(partition: tuple[str, Iterable[dict]], total: int, path: str, spec: ParquetSpec) -> str:
+    prefix, rows = partition
+    target = path if prefix_length(total, spec.rows_per_part) == 0 else FileSystems.join(path, part_name(prefix))
+    _write_atomically(target, pa.Table.from_pylist(sorted(rows, key=spec.sort_key), schema=spec.schema))
+    return target
 
 
-def _part_prefix(path: str) -> str:
-    """The partition prefix of a `.../part-<prefix>.parquet` path."""
-    return path.rsplit("part-", 1)[-1][: -len(".parquet")]
-
-
-def _concatenate(paths: list[str], destination: str, schema: pa.Schema) -> None:
-    """Streams sorted part files into one Parquet file (one row group per part), then deletes them."""
-    with FileSystems.create(destination) as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
-        if not paths:
-            writer.write_table(schema.empty_table())
-        # Prefix order, not path order: "part-a.parquet" (ids shorter than the prefix) must come
-        # before "part-a-.parquet", although "-" sorts before "." in the path.
-        for path in sorted(paths, key=_part_prefix):
-            with FileSystems.open(path) as part:
-                writer.write_table(pq.read_table(io.BytesIO(part.read())))
-    parts_dir = destination + ".parts"
-    if paths:
-        # One pattern for every part: FileSystems.delete globs, and part names hold id prefixes,
-        # which may contain * ? [ (a literal "part-*.parquet" would match every part).
-        FileSystems.delete([FileSystems.join(parts_dir, "*")])
-    if FileSystems.exists(parts_dir):
-        FileSystems.delete([parts_dir])
+def _write_if_empty(total: int, path: str, schema: pa.Schema) -> None:
+    if total == 0:
+        _write_atomically(path, schema.empty_table())
 
 
 class WriteSortedParquet(beam.PTransform):
-    """Writes one globally sorted Parquet file at `path` (parts go to `path + ".parts"` first).
-
-    The final copy streams one part at a time through one worker: right for decisions and
-    pairs (tens of bytes per row), not for image bytes, which use WriteParquetParts.
-    """
+    """Writes a globally sorted table at `path`: one file, or, above `spec.rows_per_part` rows,
+    a folder of parts named in key order (`part_name`), each sorted and written by its own
+    worker in parallel. No worker ever holds more than one part; returns the written paths."""
 
     def __init__(self, path: str, spec: ParquetSpec) -> None:
         super().__init__()
@@ -120,11 +97,64 @@ class WriteSortedParquet(beam.PTransform):
         self._spec = spec
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        parts = records | "Parts" >> WriteParquetParts(self._path + ".parts", self._spec)
+        counted = records | "CountRows" >> beam.combiners.Count.Globally()
+        total = beam.pvalue.AsSingleton(counted)
+        counted | "WriteIfEmpty" >> beam.Map(_write_if_empty, path=self._path, schema=self._spec.schema)
         return (
-            parts
-            | "AllParts" >> beam.combiners.ToList()
-            | "Concatenate" >> beam.Map(_concatenate, destination=self._path, schema=self._spec.schema)
+            records
+            | "Partition" >> beam.Map(_partition, total, spec=self._spec)
+            | meter("MeterRows")
+            | "GroupPartition" >> beam.GroupByKey()
+            | "WritePartition" >> beam.Map(_write_partition, total, path=self._path, spec=self._spec)
+        )
+
+
+def table_files(path: str) -> list[str]:
+    """The files of a table written by `WriteSortedParquet`: its parts in key order when `path`
+    is a folder of parts, else `path` itself."""
+    parts = FileSystems.match([FileSystems.join(path, "part-*.parquet")])[0].metadata_list
+    return sorted(m.path for m in parts) if parts else [path]
+
+
+def remove_table(path: str) -> None:
+    """Delete a table (file, or folder of parts) if it exists: run before a job writes it again."""
+    parts = FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list
+    if parts:
+        FileSystems.delete([m.path for m in parts])
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole table (file or folder of parts), in key order."""
+    tables = []
+    for file in table_files(path):
+        with FileSystems.open(file) as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    return pa.concat_tables(tables)
+
+
+def stream_batches(path: str, columns: list[str], batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """A table's record batches in key order, one file open at a time (bounded memory)."""
+    for file in table_files(path):
+        with FileSystems.open(file) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
+
+
+class ReadTable(beam.PTransform):
+    """Begin -> the rows (dicts) of a table written by `WriteSortedParquet`, file or folder,
+    found when the pipeline runs (the table may not exist yet while the graph is built)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            begin
+            | "Table" >> beam.Create([self._path])
+            | "Files" >> beam.FlatMap(table_files)
+            | "ReadFiles" >> beam.io.ReadAllFromParquet()
         )
 
 

@@ -42,6 +42,8 @@ NO_FEATURES = "no_features"
 TOO_FEW_MATCHES = "too_few_matches"
 DEGENERATE_KEYPOINTS = "degenerate_keypoints"
 NO_MODEL = "no_model"
+#: The `verify/<outcome>` counters: one of them per verified pair.
+PAIR_OUTCOMES = ("verified", NO_FEATURES, TOO_FEW_MATCHES, DEGENERATE_KEYPOINTS, NO_MODEL)
 
 # Matched points whose spread across their best-fit line is under this (pixels, standard
 # deviation) are identical or collinear: no affine/homography/fundamental model is determined.
@@ -249,7 +251,8 @@ class _VerifyBlockFn(beam.DoFn):
     sets it needs from the features store (never from the shuffle).
 
     Distributions `verify/block_feature_sets` and `verify/block_feature_bytes` record what
-    one call holds, the per-worker memory that stays flat however large a class is. A
+    one call holds, the per-worker memory that stays flat however large a class is; counters
+    `verify/store_reads` and `verify/store_read_bytes` what it read from the store. A
     reference the store cannot resolve raises: lost features are a broken run, not a pair
     to skip."""
 
@@ -262,8 +265,12 @@ class _VerifyBlockFn(beam.DoFn):
         (landmark_id, _, _), (pairs, refs) = element
         features = read_features(refs)
         shas = {ref.id: ref.sha256 for ref in refs}
+        held = sum(_feature_bytes(f) for f in features.values())
         self._held_sets.update(len(features))
-        self._held_bytes.update(sum(_feature_bytes(f) for f in features.values()))
+        self._held_bytes.update(held)
+        # what the store serves: one row group per feature set of the block
+        Metrics.counter(STAGE, "store_reads").inc(len(features))
+        Metrics.counter(STAGE, "store_read_bytes").inc(held)
         for a, b in sorted(pairs):
             with StageTimer(STAGE):
                 result = verify_result(landmark_id, features[a], features[b], self._config)
