@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from schemas.records import DecodedImage, FeatureRef, ImageRef, LocalFeatures, ManifestRow
-from schemas.tables import FEATURES_SCHEMA, IMAGES_SCHEMA, image_to_row
+from schemas.tables import FEATURES_SCHEMA, IMAGES_SCHEMA, FeatureSummary, image_to_row
+from transforms.audit_signatures import descriptor_mean
 from transforms.features import Extracted, _store_row, _stored_ref
+from transforms.global_descriptor import aggregate_local
 from transforms.image_store import write_part
 from transforms.ingest import image_ref
 
@@ -21,11 +25,16 @@ def store_images(directory: str, images: list[DecodedImage]) -> list[ImageRef]:
 def store_features(directory: str, features: list[LocalFeatures]) -> list[FeatureRef]:
     """Write `features` as one part of a features store (with their offline summaries and an
     empty image hash); their FeatureRefs, in the order given."""
-    extracted = [Extracted(_no_image(f), f) for f in features]
+    extracted = [Extracted(_no_image(f), f, _summary(f)) for f in features]
     path = write_part(directory, [_store_row(e) for e in extracted], FEATURES_SCHEMA)
     order = sorted(range(len(features)), key=lambda i: features[i].id)
     index = {position: rank for rank, position in enumerate(order)}
     return [_stored_ref(e, path, index[i]) for i, e in enumerate(extracted)]
+
+
+def _summary(features: LocalFeatures) -> FeatureSummary:
+    mean = descriptor_mean(features.descriptors).astype(np.float32)
+    return FeatureSummary("", aggregate_local(features.descriptors), mean, 0)
 
 
 def _no_image(features: LocalFeatures) -> ImageRef:

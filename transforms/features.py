@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures, ManifestRow
+from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures
 from schemas.tables import FEATURES_SCHEMA, FeatureSummary, feature_ref, features_to_row
 from schemas.vocabulary import Reason, Stage
 from transforms.audit_signatures import descriptor_mean, grey_of_jpeg, perceptual_hash
@@ -216,25 +216,33 @@ def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures
     )
 
 
-def _row_of(item: DecodedImage | ImageRef) -> ManifestRow:
-    return item.row
-
-
 @dataclass(frozen=True)
 class Extracted:
     """What the feature step makes of one input: its `source` (a DecodedImage or an ImageRef),
-    the `result` (LocalFeatures, or the Failure that stopped it) and the 64-bit perceptual
-    hash of the stored image (0 when it could not be read)."""
+    the `result` (LocalFeatures, or the Failure that stopped it) and, with features, the
+    `summary` the features store keeps beside them."""
 
     source: DecodedImage | ImageRef
     result: LocalFeatures | Failure
-    phash: int = 0
+    summary: FeatureSummary | None = None
+
+
+def summarize(image: DecodedImage, features: LocalFeatures) -> FeatureSummary:
+    """What the features store keeps beside an image's features (see `FeatureRef`): the image's
+    sha256, the offline global descriptor, the mean descriptor and the stored JPEG's pHash."""
+    grey = grey_of_jpeg(image.jpeg)
+    return FeatureSummary(
+        sha256=image.sha256,
+        global_descriptor=aggregate_local(features.descriptors),
+        mean=descriptor_mean(features.descriptors).astype(np.float32),
+        phash=perceptual_hash(grey) if grey is not None else 0,
+    )
 
 
 def extract(item: DecodedImage | ImageRef, extractor: Extractor) -> Extracted:
-    """Load (from the store for a reference), hash and extract one image; a stored image that
-    cannot be read back fails as `extraction_error` with the store's error in the detail."""
-    row = _row_of(item)
+    """Load (from the store for a reference), extract and summarise one image; a stored image
+    that cannot be read back fails as `extraction_error` with the store's error in the detail."""
+    row = item.row
     try:
         image = load_image(item)
     except (OSError, KeyError, pa.ArrowException) as exc:
@@ -242,9 +250,10 @@ def extract(item: DecodedImage | ImageRef, extractor: Extractor) -> Extracted:
         return Extracted(
             item, Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, detail, row.url)
         )
-    grey = grey_of_jpeg(image.jpeg)
-    phash = perceptual_hash(grey) if grey is not None else 0
-    return Extracted(item, extract_features(image, extractor), phash)
+    result = extract_features(image, extractor)
+    if isinstance(result, Failure):
+        return Extracted(item, result)
+    return Extracted(item, result, summarize(image, result))
 
 
 class ExtractorModelHandler(ModelHandler[DecodedImage | ImageRef, Extracted, Extractor]):
@@ -285,26 +294,14 @@ class ExtractorModelHandler(ModelHandler[DecodedImage | ImageRef, Extracted, Ext
         return f"{STAGE}_inference"
 
 
-def summary_of(extracted: Extracted) -> FeatureSummary:
-    """What the features store keeps beside an image's features (see `FeatureRef`)."""
-    features = extracted.result
-    assert isinstance(features, LocalFeatures)
-    return FeatureSummary(
-        sha256=extracted.source.sha256,
-        global_descriptor=aggregate_local(features.descriptors),
-        mean=descriptor_mean(features.descriptors).astype(np.float32),
-        phash=extracted.phash,
-    )
-
-
 def _store_row(extracted: Extracted) -> dict:
-    return features_to_row(extracted.result, summary_of(extracted))
+    return features_to_row(extracted.result, extracted.summary)
 
 
 def _stored_ref(extracted: Extracted, path: str, index: int) -> FeatureRef:
-    features = extracted.result
-    assert isinstance(features, LocalFeatures)
-    return feature_ref(_row_of(extracted.source), path, index, features.count, summary_of(extracted))
+    features, summary = extracted.result, extracted.summary
+    assert isinstance(features, LocalFeatures) and summary is not None
+    return feature_ref(extracted.source.row, path, index, features.count, summary)
 
 
 def _result(extracted: Extracted) -> LocalFeatures | Failure:
