@@ -30,11 +30,6 @@ def perceptual_hash(pixels: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def grey_of_jpeg(jpeg: bytes) -> np.ndarray | None:
-    """uint8 [H, W] grey pixels of JPEG bytes; None when they do not decode."""
-    return cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-
-
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 

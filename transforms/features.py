@@ -25,7 +25,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from schemas.records import DESCRIPTOR_DTYPES, DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures
 from schemas.tables import FEATURES_SCHEMA, FeatureSummary, feature_ref, features_to_row
 from schemas.vocabulary import Reason, Stage
-from transforms.audit_signatures import descriptor_mean, grey_of_jpeg, perceptual_hash
+from transforms.audit_signatures import descriptor_mean, perceptual_hash
 from transforms.global_descriptor import aggregate_local
 from transforms.image_store import StoreConfig, WriteStoreParts, load_image
 from transforms.progress import StageTimer
@@ -230,12 +230,11 @@ class Extracted:
 def summarize(image: DecodedImage, features: LocalFeatures) -> FeatureSummary:
     """What the features store keeps beside an image's features (see `FeatureRef`): the image's
     sha256, the offline global descriptor, the mean descriptor and the stored JPEG's pHash."""
-    grey = grey_of_jpeg(image.jpeg)
     return FeatureSummary(
         sha256=image.sha256,
         global_descriptor=aggregate_local(features.descriptors),
         mean=descriptor_mean(features.descriptors).astype(np.float32),
-        phash=perceptual_hash(grey) if grey is not None else 0,
+        phash=perceptual_hash(image.pixels),  # the pixels the extractor already decoded
     )
 
 
