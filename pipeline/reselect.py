@@ -20,6 +20,9 @@ from pipeline.runner import Counters, run_pipeline
 from transforms.audit import KINDS
 from transforms.select import SelectConfig
 
+#: What the selection job reads (written by the first job of `gld curate`).
+SELECTION_INPUTS = ("members", "failures", "pairs", "audit_candidates")
+
 
 def _first_job_counters(counters: Counters) -> Counters:
     """The counters of the run without those its selection job made (made again now)."""
@@ -43,6 +46,13 @@ def run_reselection(
         raise FileNotFoundError(f"{path} not found: `gld select` needs a finished `gld curate --output`")
     with FileSystems.open(path) as handle:
         previous = json.loads(handle.read().decode("utf-8"))
+    tables = output_paths(output)
+    missing = [name for name in SELECTION_INPUTS if not FileSystems.exists(tables[name])]
+    if missing:
+        raise FileNotFoundError(
+            f"{output} has no {', '.join(missing)}: its curation did not finish, or an older gld wrote it; "
+            "run `gld curate` on it again (stored images, features and pairs are reused)"
+        )
     config = CurateConfig.from_json(previous["config"])
     chosen = preset or config.preset
     if chosen not in PRESETS:
