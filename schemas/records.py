@@ -158,7 +158,9 @@ class FeatureRef:
     - `path`, `index`: the features part file and the row (= row group) holding the features;
     - `count`: N, the number of local features; `sha256`: the image bytes they were made from
       (a re-run reuses stored features and pair results only for the same bytes);
-    - `global_descriptor`: float16 [4096], the offline kNN descriptor (`aggregate_local`);
+    - `global_descriptor`: the kNN descriptor [G] when the reference carries one (an embedding
+      model's), else empty [0]: the offline one (float16 [4096], 8 KiB) stays in the store and
+      the pair planner reads it only for the classes that need a kNN;
     - `mean`: float32 [D], the mean local descriptor (the audit's signature); zeros when N = 0;
     - `phash`: the 64-bit perceptual hash of the stored image (the audit's near duplicates).
     """

@@ -125,7 +125,7 @@ FEATURES_SCHEMA = pa.schema(
 )
 
 #: The features store columns that make a `FeatureRef` (everything but the features).
-FEATURE_INDEX_COLUMNS = ["id", "num_features", "sha256", "global_descriptor", "mean", "phash"]
+FEATURE_INDEX_COLUMNS = ["id", "num_features", "sha256", "mean", "phash"]
 
 AUDIT_SCHEMA = pa.schema(
     [
@@ -319,17 +319,21 @@ def feature_ref(image: ManifestRow, path: str, index: int, count: int, summary: 
         index=index,
         count=count,
         sha256=summary.sha256,
-        global_descriptor=summary.global_descriptor,
+        global_descriptor=_NO_DESCRIPTOR,  # read from the store where a kNN needs it
         mean=summary.mean,
         phash=summary.phash,
     )
 
 
 def summary_from_row(row: dict) -> FeatureSummary:
-    """The `FeatureSummary` of a features store row (its `FEATURE_INDEX_COLUMNS` suffice)."""
-    return FeatureSummary(
-        row["sha256"], decode_array(row["global_descriptor"]), decode_array(row["mean"]), int(row["phash"])
-    )
+    """The `FeatureSummary` of a features store row; its `FEATURE_INDEX_COLUMNS` suffice (the
+    global descriptor is then left empty)."""
+    stored = row.get("global_descriptor")
+    descriptor = decode_array(stored) if stored else _NO_DESCRIPTOR
+    return FeatureSummary(row["sha256"], descriptor, decode_array(row["mean"]), int(row["phash"]))
+
+
+_NO_DESCRIPTOR = np.zeros(0, np.float16)
 
 
 def features_from_row(row: dict) -> LocalFeatures:

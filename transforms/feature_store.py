@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.arrays import decode_array
 from schemas.records import FeatureRef, ImageRef, LocalFeatures
 from schemas.tables import FEATURE_INDEX_COLUMNS, feature_ref, features_from_row, summary_from_row
 from transforms.image_store import ReadStore, read_at, settings_key
@@ -47,6 +48,20 @@ def features_folder(output: str, decode: Any, features: Any) -> str:
 def light(ref: FeatureRef) -> FeatureRef:
     """The reference without its descriptor summaries: what a verification block carries."""
     return dataclasses.replace(ref, global_descriptor=_EMPTY, mean=_EMPTY)
+
+
+def read_global_descriptors(refs: Iterable[FeatureRef]) -> dict[str, np.ndarray]:
+    """{id: the offline global descriptor float16 [4096]} of `refs`, read from the store (one
+    column of one row group each, one file open per part); raises like `read_features`."""
+    by_path: dict[str, list[FeatureRef]] = defaultdict(list)
+    for ref in refs:
+        by_path[ref.path].append(ref)
+    found: dict[str, np.ndarray] = {}
+    for path, group in sorted(by_path.items()):
+        rows = read_at(path, [ref.index for ref in group], ["id", "global_descriptor"])
+        for ref in group:
+            found[ref.id] = decode_array(rows[ref.index]["global_descriptor"])
+    return found
 
 
 def read_features(refs: Iterable[FeatureRef]) -> dict[str, LocalFeatures]:

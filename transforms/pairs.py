@@ -25,7 +25,7 @@ import numpy as np
 
 from schemas.records import FeatureRef, LocalFeatures, PairResult
 from schemas.vocabulary import Stage
-from transforms.feature_store import light
+from transforms.feature_store import light, read_global_descriptors
 from transforms.global_descriptor import DescribeImages, nearest_neighbours
 from transforms.metering import meter
 from transforms.progress import tick
@@ -57,10 +57,9 @@ class PairConfig:
         if not self.embedding_signature:
             raise ValueError("embedding_signature must not be empty")
 
-    @property
-    def uses_descriptors(self) -> bool:
-        """Whether some class may need global descriptors (`all` falls back to `knn`)."""
-        return self.mode != "random"
+    def needs_descriptors(self, class_size: int) -> bool:
+        """Whether a class of this size is planned by kNN (`all` falls back to it above the cap)."""
+        return self.mode == "knn" or (self.mode == "all" and class_size > self.max_class_for_all)
 
 
 def _class_rng(seed: int, landmark_id: int) -> np.random.Generator:
@@ -183,15 +182,17 @@ def blocks_of_class(
     to verify, carrying the (light) FeatureRefs of exactly the images those pairs need; tag
     `reused`: the PairResults a verified-pair store already holds for these images' bytes.
 
-    `grouped["members"]`: the class's FeatureRefs (global descriptors inside); optional
+    `grouped["members"]`: the class's FeatureRefs (a kNN class's offline global descriptors
+    are read from the features store here, 8 KiB an image, never shuffled); optional
     `grouped["stored"]`: rows of the verified-pair store for this class."""
     refs: dict[str, FeatureRef] = {}
     for ref in sorted(grouped["members"], key=lambda r: (r.id, r.path, r.index)):
         refs.setdefault(ref.id, ref)
     stored = {(row["id_a"], row["id_b"]): row for row in grouped.get("stored", ())}
-    members = [
-        (image_id, ref.global_descriptor if ref.global_descriptor.size else None) for image_id, ref in refs.items()
-    ]
+    vectors = {image_id: ref.global_descriptor for image_id, ref in refs.items() if ref.global_descriptor.size}
+    if config.needs_descriptors(len(refs)) and len(vectors) < len(refs):
+        vectors |= read_global_descriptors(ref for image_id, ref in refs.items() if image_id not in vectors)
+    members = [(image_id, vectors.get(image_id)) for image_id in refs]
     todo: dict[BlockKey, list[tuple[str, str]]] = defaultdict(list)
     for item in plan_class(landmark_id, members, config):
         if isinstance(item, beam.pvalue.TaggedOutput):
@@ -213,8 +214,8 @@ class GeneratePairs(beam.PTransform):
     """{"features": FeatureRef, "images": ImageRef (only with an embedding model), "stored":
     verified-pair store rows (optional)} -> (blocks: (BlockKey, Block), reused: PairResult).
 
-    Only references and global descriptors are grouped per class (float16 [4096] offline,
-    8 KiB an image), never local features."""
+    Only references (a few hundred bytes an image) are grouped per class; a kNN class's
+    offline global descriptors are read from the features store where it is planned."""
 
     def __init__(self, config: PairConfig) -> None:
         super().__init__()
