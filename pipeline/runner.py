@@ -26,15 +26,17 @@ def paths_under(root: str, names: dict[str, str]) -> dict[str, str]:
 
 
 def local_runner_args(beam_args: list[str]) -> list[str]:
-    """Beam's default local runner first downloads a binary; use the in-process one instead,
-    with one worker thread per core unless `--direct_num_workers` says otherwise (SIFT, the
-    descriptor matmul and RANSAC release the GIL, so threads use the cores)."""
+    """The in-process runner, named directly: Beam 2.77's `DirectRunner` first tries to download
+    and start the Prism runner binary (a network call at every run, and another runner where it
+    succeeds) before it falls back to this one. One worker thread per core unless
+    `--direct_num_workers` says otherwise (SIFT, the descriptor matmul and RANSAC release the
+    GIL, so threads use the cores)."""
     if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         return beam_args
     workers = (
         [] if any(a.startswith("--direct_num_workers") for a in beam_args) else [f"--direct_num_workers={_cores()}"]
     )
-    return ["--runner=DirectRunner", "--direct_running_mode=multi_threading", *workers, *beam_args]
+    return ["--runner=FnApiRunner", "--direct_running_mode=multi_threading", *workers, *beam_args]
 
 
 def _cores() -> int:

@@ -97,7 +97,7 @@ def test_dry_run_touches_no_input_or_output(offline, capsys, tmp_path: Path) -> 
     out = tmp_path / "out"
     code, plan, _ = _plan(["--train-csv", str(tmp_path / "absent.csv"), "--output", str(out)], capsys)
     assert code == 0
-    assert plan["runner"] == "DirectRunner" and plan["local_paths"] == []
+    assert plan["runner"] == "FnApiRunner" and plan["local_paths"] == []
     assert not out.exists()
 
 

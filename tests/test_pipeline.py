@@ -48,7 +48,7 @@ def test_config_validates_at_construction() -> None:
 
 
 def test_local_default_runner_is_in_process_and_explicit_runner_wins() -> None:
-    assert local_runner_args([])[0] == "--runner=DirectRunner"
+    assert local_runner_args([])[0] == "--runner=FnApiRunner"  # never the Prism download
     assert "--direct_running_mode=multi_threading" in local_runner_args([])
     assert local_runner_args(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
     assert f"--direct_num_workers={len(os.sched_getaffinity(0))}" in local_runner_args([])  # one per core
