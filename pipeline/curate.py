@@ -122,7 +122,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         "stored": stored_pairs,
     } | "GeneratePairs" >> GeneratePairs(config.pairs)
     verified = blocks | "VerifyPairs" >> VerifyPairs(
-        config.verify, store=stores["verified"], parts=config.store.scaled(64)
+        config.verify, store=stores["verified"], parts=dataclasses.replace(config.store.scaled(64), indexed=False)
     )
     pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()

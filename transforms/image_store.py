@@ -45,6 +45,10 @@ class StoreConfig:
 
     part_rows: int = 256
     part_seconds: float = 30.0
+    #: One row per row group, so that `read_at` reads one record and nothing else (images,
+    #: features); off for stores only ever read whole (verified pairs, the failure log), where
+    #: per-row metadata would outweigh the rows.
+    indexed: bool = True
 
     def __post_init__(self) -> None:
         if self.part_rows < 1 or self.part_seconds <= 0:
@@ -99,19 +103,20 @@ def check_fingerprint(root: str, fingerprint: dict[str, Any]) -> None:
         handle.write((wanted + "\n").encode("utf-8"))
 
 
-def write_part(directory: str, rows: list[dict], schema: pa.Schema) -> str:
+def write_part(directory: str, rows: list[dict], schema: pa.Schema, indexed: bool = True) -> str:
     """Write `rows` (sorted by id, stably) as one part, atomically; returns the final path.
 
-    One row per row group: a reader of one image or feature set (`read_at`) then reads that row
-    and nothing else. The name hashes the ids, so a retried bundle with the same rows replaces
-    its own part.
+    `indexed`: one row per row group, so a reader of one image or feature set (`read_at`) reads
+    that row and nothing else; otherwise one row group. The name hashes the ids, so a retried
+    bundle with the same rows replaces its own part.
     """
     rows = sorted(rows, key=lambda r: r["id"])
     digest = hashlib.sha1("\n".join(r["id"] for r in rows).encode("utf-8"), usedforsecurity=False).hexdigest()
     final = FileSystems.join(directory, f"part-{digest[:20]}.parquet")
     temporary = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
     with FileSystems.create(temporary) as handle:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle, compression="zstd", row_group_size=1)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        pq.write_table(table, handle, compression="zstd", row_group_size=1 if indexed else max(1, len(rows)))
     FileSystems.rename([temporary], [final])
     return final
 
@@ -143,7 +148,7 @@ class _WritePartsFn(beam.DoFn):
     def _flush(self) -> list:
         ordered = sorted(self._buffer, key=lambda item: item[0]["id"])
         self._buffer = []
-        path = write_part(self._directory, [row for row, _ in ordered], self._schema)
+        path = write_part(self._directory, [row for row, _ in ordered], self._schema, self._config.indexed)
         return [self._to_ref(record, path, index) for index, (_, record) in enumerate(ordered)]
 
     def process(self, record: Any) -> Iterator[Any]:

@@ -11,7 +11,7 @@ the stored JPEG bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -198,7 +198,7 @@ class Ingest(beam.PTransform):
         )
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
         new_failures | "LogFailures" >> WriteStoreParts(
-            log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, config.parts
+            log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, replace(config.parts, indexed=False)
         )
         images, failures = stored_now, new_failures
         if resuming:
