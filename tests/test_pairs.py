@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.records import LocalFeatures
 from tests.stores import block_items, store_features
 from transforms.global_descriptor import aggregate_local
-from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, members_by_class, plan_class
+from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, plan_class
 
 
 def _beam_options() -> PipelineOptions:
@@ -281,10 +281,6 @@ def test_knn_blocks_follow_neighbourhoods() -> None:
     assert len(main) == 64 * 28, "exactly the pairs inside each group"
     assert {key[1] == key[2] for key, _ in main} == {True}
     assert len(needs) == len(ids)
-
-
-def test_members_by_class() -> None:
-    assert members_by_class(_features("abc", 12, 40)) == (12, ("abc", 40))
 
 
 @pytest.mark.parametrize("mode", ["all", "random"])

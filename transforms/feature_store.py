@@ -50,35 +50,33 @@ def light(ref: FeatureRef) -> FeatureRef:
     return dataclasses.replace(ref, global_descriptor=_EMPTY, mean=_EMPTY)
 
 
-def read_global_descriptors(refs: Iterable[FeatureRef]) -> dict[str, np.ndarray]:
-    """{id: the offline global descriptor float16 [4096]} of `refs`, read from the store (one
-    column of one row group each, one file open per part); raises like `read_features`."""
+def _stored_rows(refs: Iterable[FeatureRef], columns: list[str]) -> Iterator[tuple[FeatureRef, dict]]:
+    """(ref, its store row's `columns`) for every ref, one file open per part."""
     by_path: dict[str, list[FeatureRef]] = defaultdict(list)
     for ref in refs:
         by_path[ref.path].append(ref)
-    found: dict[str, np.ndarray] = {}
     for path, group in sorted(by_path.items()):
-        rows = read_at(path, [ref.index for ref in group], ["id", "global_descriptor"])
+        rows = read_at(path, [ref.index for ref in group], columns)
         for ref in group:
-            found[ref.id] = decode_array(rows[ref.index]["global_descriptor"])
-    return found
+            yield ref, rows[ref.index]
+
+
+def read_global_descriptors(refs: Iterable[FeatureRef]) -> dict[str, np.ndarray]:
+    """{id: the offline global descriptor float16 [4096]} of `refs`, read from the store (one
+    column of one row group each); raises like `read_features`."""
+    return {ref.id: decode_array(row["global_descriptor"]) for ref, row in _stored_rows(refs, ["global_descriptor"])}
 
 
 def read_features(refs: Iterable[FeatureRef]) -> dict[str, LocalFeatures]:
     """{id: LocalFeatures} of `refs`, one file open per part. Raises (OSError, KeyError,
     ArrowException) when the store lost what a reference points to: that is a broken run,
     never a pair to skip."""
-    by_path: dict[str, list[FeatureRef]] = defaultdict(list)
-    for ref in refs:
-        by_path[ref.path].append(ref)
     found: dict[str, LocalFeatures] = {}
-    for path, group in sorted(by_path.items()):
-        rows = read_at(path, [ref.index for ref in group], _FEATURE_COLUMNS)
-        for ref in group:
-            features = features_from_row(rows[ref.index])
-            if features.id != ref.id:
-                raise KeyError(f"{path} row {ref.index} holds {features.id}, not {ref.id}")
-            found[ref.id] = dataclasses.replace(features, landmark_id=ref.landmark_id, line=ref.line)
+    for ref, row in _stored_rows(refs, _FEATURE_COLUMNS):
+        features = features_from_row(row)
+        if features.id != ref.id:
+            raise KeyError(f"{ref.path} row {ref.index} holds {features.id}, not {ref.id}")
+        found[ref.id] = dataclasses.replace(features, landmark_id=ref.landmark_id, line=ref.line)
     return found
 
 

@@ -103,6 +103,15 @@ def check_fingerprint(root: str, fingerprint: dict[str, Any]) -> None:
         handle.write((wanted + "\n").encode("utf-8"))
 
 
+def write_atomically(path: str, table: pa.Table, row_group_size: int | None = None) -> None:
+    """Write a Parquet file under a temporary name beside `path`, then rename it: readers see
+    the whole file or none, and a retried write replaces its own file."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as handle:
+        pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
+    FileSystems.rename([temporary], [path])
+
+
 def write_part(directory: str, rows: list[dict], schema: pa.Schema, indexed: bool = True) -> str:
     """Write `rows` (sorted by id, stably) as one part, atomically; returns the final path.
 
@@ -113,11 +122,8 @@ def write_part(directory: str, rows: list[dict], schema: pa.Schema, indexed: boo
     rows = sorted(rows, key=lambda r: r["id"])
     digest = hashlib.sha1("\n".join(r["id"] for r in rows).encode("utf-8"), usedforsecurity=False).hexdigest()
     final = FileSystems.join(directory, f"part-{digest[:20]}.parquet")
-    temporary = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
-    with FileSystems.create(temporary) as handle:
-        table = pa.Table.from_pylist(rows, schema=schema)
-        pq.write_table(table, handle, compression="zstd", row_group_size=1 if indexed else max(1, len(rows)))
-    FileSystems.rename([temporary], [final])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_atomically(final, table, row_group_size=1 if indexed else max(1, len(rows)))
     return final
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from schemas.records import FeatureRef, LocalFeatures, PairResult
+from schemas.records import FeatureRef, PairResult
 from schemas.vocabulary import Stage
 from transforms.feature_store import light, read_global_descriptors
 from transforms.global_descriptor import DescribeImages, nearest_neighbours
@@ -239,8 +239,3 @@ class GeneratePairs(beam.PTransform):
             | "Plan" >> beam.FlatMapTuple(blocks_of_class, config=self._config).with_outputs("reused", main="blocks")
         )
         return planned.blocks, planned.reused
-
-
-def members_by_class(features: LocalFeatures | FeatureRef) -> tuple[int, tuple[str, int]]:
-    """(landmark_id, (id, line)): what selection needs to know of every verifiable image."""
-    return features.landmark_id, (features.id, features.line)

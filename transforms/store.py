@@ -9,7 +9,6 @@ worker holds more than one partition and none concatenates the others.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.gldv2_csv import CLEAN_HEADER, format_clean_row
 from schemas.records import ImageDecision
 from schemas.vocabulary import Status
+from transforms.image_store import write_atomically
 from transforms.metering import meter
 
 SortKey = Callable[[Any], tuple]
@@ -66,24 +66,16 @@ def _partition(record: Any, total: int, spec: ParquetSpec) -> tuple[str, dict]:
     return str(spec.sort_key(row)[0])[: prefix_length(total, spec.rows_per_part)], row
 
 
-def _write_atomically(path: str, table: pa.Table) -> None:
-    # a retried partition rewrites the same name; readers never see half a file
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temporary) as handle:
-        pq.write_table(table, handle, compression="zstd")
-    FileSystems.rename([temporary], [path])
-
-
 def _write_partition(partition: tuple[str, Iterable[dict]], total: int, path: str, spec: ParquetSpec) -> str:
     prefix, rows = partition
     target = path if prefix_length(total, spec.rows_per_part) == 0 else FileSystems.join(path, part_name(prefix))
-    _write_atomically(target, pa.Table.from_pylist(sorted(rows, key=spec.sort_key), schema=spec.schema))
+    write_atomically(target, pa.Table.from_pylist(sorted(rows, key=spec.sort_key), schema=spec.schema))
     return target
 
 
 def _write_if_empty(total: int, path: str, schema: pa.Schema) -> None:
     if total == 0:
-        _write_atomically(path, schema.empty_table())
+        write_atomically(path, schema.empty_table())
 
 
 class WriteSortedParquet(beam.PTransform):
