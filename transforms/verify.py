@@ -1,6 +1,9 @@
 """Stage 6: geometric verification of candidate pairs (descriptor matching + RANSAC).
 
-Matching is one BLAS matmul of L2-normalised descriptors followed by any of: a Lowe ratio
+Matchers (`MATCHERS`): `nn`, nearest neighbours of descriptors (any extractor), and
+`lightglue`, LightGlue's learned matching of ALIKED features (`transforms.features_learned`;
+PyTorch, GPU when present). Either way the correspondences then go through the same RANSAC.
+Nearest-neighbour matching is one BLAS matmul of L2-normalised descriptors followed by any of: a Lowe ratio
 test, a mutual nearest-neighbour check and a distance bound. RANSAC is OpenCV's USAC
 framework with an explicit seed, so results are reproducible: uniform sampling, inlier-count
 score, no polishing, and by default inner local optimisation (each new best model is re-fitted
@@ -26,6 +29,7 @@ from schemas.records import LocalFeatures, PairResult
 from schemas.tables import VERIFIED_SCHEMA, pair_to_row
 from schemas.vocabulary import Stage
 from transforms.feature_store import read_features
+from transforms.features import learned_module
 from transforms.image_store import StoreConfig, WriteStoreParts
 from transforms.metering import meter
 from transforms.pairs import Block, BlockKey
@@ -52,6 +56,8 @@ _MIN_SPREAD_PX = 1.0
 # Inner local optimisation: re-fits of a new best model, each on this many of its inliers.
 _LO_ITERATIONS, _LO_SAMPLE_SIZE = 10, 14
 
+MATCHERS = ("nn", "lightglue")
+
 #: Rows of the descriptor similarity matrix computed at once (see `putative_matches`).
 _MATCH_ROWS = 1024
 
@@ -64,7 +70,9 @@ class VerifyConfig:
     `ransac_threshold`: max reprojection error in pixels of the normalised image (for
     `fundamental`, the distance to the epipolar line); `model`: affine (as DELF), homography or
     fundamental; `local_optimisation`: LO-RANSAC (re-fit each new best model on its inliers);
-    `seed`: the RANSAC random state.
+    `seed`: the RANSAC random state; `matcher`: `nn` (the tests above) or `lightglue` (ALIKED
+    features only; ratio, mutual and max_distance do not apply), keeping the correspondences
+    whose LightGlue confidence is above `lightglue_min_confidence`.
 
     Defaults were chosen on real landmark photos (1024 px, 4000 RootSIFT): ratio 0.9 +
     mutual + affine 12 px verified the most true pairs while unrelated pairs stayed <= 12
@@ -80,6 +88,8 @@ class VerifyConfig:
     ransac_confidence: float = 0.999
     local_optimisation: bool = True
     seed: int = 0
+    matcher: str = "nn"
+    lightglue_min_confidence: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
@@ -94,6 +104,10 @@ class VerifyConfig:
             raise ValueError("ransac_confidence must be in (0, 1)")
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"matcher must be one of {MATCHERS}")
+        if not 0 < self.lightglue_min_confidence < 1:
+            raise ValueError("lightglue_min_confidence must be in (0, 1)")
 
 
 def check_dimensions(desc_a: np.ndarray, desc_b: np.ndarray) -> None:
@@ -202,6 +216,15 @@ def ransac_mask(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> tuple
     return mask.ravel().astype(bool), ""
 
 
+def correspondences(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into a, into b), [M] int each, of the configured matcher's correspondences.
+    Raises ValueError when the descriptor dimensions differ (or LightGlue's weights are absent)."""
+    check_dimensions(a.descriptors, b.descriptors)
+    if config.matcher == "lightglue":
+        return learned_module().lightglue_matches(a, b, config.lightglue_min_confidence)
+    return putative_matches(a.descriptors, b.descriptors, config)
+
+
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:
     """(num_matches, inliers, reason) for one pair; reason is "" when RANSAC ran.
 
@@ -212,7 +235,7 @@ def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tup
     check_dimensions(a.descriptors, b.descriptors)
     if a.count == 0 or b.count == 0:
         return 0, 0, NO_FEATURES
-    idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
+    idx_a, idx_b = correspondences(a, b, config)
     mask, reason = ransac_mask(a.keypoints[idx_a], b.keypoints[idx_b], config)
     return len(idx_a), int(np.count_nonzero(mask)), reason
 
@@ -224,8 +247,7 @@ def inlier_matches(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> 
     for the pairs it reports with a reason. Meant for the few pairs a report draws, so the
     pipeline never stores every match.
     """
-    check_dimensions(a.descriptors, b.descriptors)
-    idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, config)
+    idx_a, idx_b = correspondences(a, b, config)
     src, dst = a.keypoints[idx_a].astype(np.float32), b.keypoints[idx_b].astype(np.float32)
     mask, _ = ransac_mask(src, dst, config)
     return src[mask], dst[mask]
@@ -293,21 +315,34 @@ class VerifyPairs(beam.PTransform):
 
     Blocks are spread over workers first (one class can make thousands). With `store`, each
     result is committed to the verified-pair store as it is made, and emitted once it is
-    there, so a re-run (or a killed run's successor) reuses it."""
+    there, so a re-run (or a killed run's successor) reuses it. With the `lightglue` matcher,
+    `accelerator` (a Beam accelerator resource hint) is put on the matching step alone, and
+    LightGlue's weights must be installed (`check_model=False` skips that check: a plan built
+    offline)."""
 
-    def __init__(self, config: VerifyConfig, store: str = "", parts: StoreConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: VerifyConfig,
+        store: str = "",
+        parts: StoreConfig | None = None,
+        accelerator: str = "",
+        check_model: bool = True,
+    ) -> None:
         super().__init__()
         self._config = config
         self._store = store
         self._parts = parts or StoreConfig()
+        self._accelerator = accelerator
+        self._check_model = check_model
 
     def expand(self, blocks: beam.PCollection) -> beam.PCollection:
-        verified = (
-            blocks
-            | meter("MeterBlocks")
-            | "SpreadBlocks" >> beam.Reshuffle()
-            | "Verify" >> beam.ParDo(_VerifyBlockFn(self._config))
-        )
+        if self._check_model and self._config.matcher == "lightglue":
+            # fail at submission, not on every worker after the features were made
+            learned_module().check_weights(matcher=self._config.matcher)
+        verify = beam.ParDo(_VerifyBlockFn(self._config))
+        if self._accelerator and self._config.matcher == "lightglue":
+            verify = verify.with_resource_hints(accelerator=self._accelerator)
+        verified = blocks | meter("MeterBlocks") | "SpreadBlocks" >> beam.Reshuffle() | "Verify" >> verify
         if not self._store:
             return verified | "Results" >> beam.MapTuple(lambda result, _a, _b: result)
         return verified | "StoreVerified" >> WriteStoreParts(

@@ -1,0 +1,134 @@
+"""Tests of the learned extractor and matcher (transforms.features_learned): ALIKED features and
+LightGlue matching from the installed weight files, offline, on the CPU."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import build_config
+from pipeline.demo_data import _texture
+from schemas.records import LocalFeatures
+from transforms import features_learned
+from transforms.features import EXTRACTORS, FeatureConfig
+from transforms.verify import VerifyConfig, inlier_matches, verify_pair
+
+WIDTH, HEIGHT = 480, 320
+
+
+def _textured(seed: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    return _texture(np.random.default_rng([seed, 1]), (width, height), distractor=False)
+
+
+def _warped(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image under a mild rotation + scale, and that affine map [2, 3]."""
+    affine = cv2.getRotationMatrix2D((WIDTH / 2, HEIGHT / 2), 12, 0.9)
+    return cv2.warpAffine(pixels, affine, (WIDTH, HEIGHT), borderMode=cv2.BORDER_REFLECT), affine
+
+
+def _features(image_id: str, pixels: np.ndarray, config: FeatureConfig) -> LocalFeatures:
+    keypoints, descriptors, scales, scores = EXTRACTORS["aliked"](config)(pixels)
+    height, width = pixels.shape[:2]
+    return LocalFeatures(image_id, 1, 1, keypoints, descriptors, scales, scores, width, height)
+
+
+@pytest.fixture(scope="module")
+def config() -> FeatureConfig:
+    return FeatureConfig(extractor="aliked", max_features=1024)
+
+
+def test_aliked_defaults_and_validation() -> None:
+    config = FeatureConfig(extractor="aliked")
+    assert (config.max_features, config.working_side, config.aliked_model) == (4096, 640, "aliked-n16")
+    with pytest.raises(ValueError, match="aliked_model"):
+        FeatureConfig(extractor="aliked", aliked_model="aliked-x99")
+    with pytest.raises(ValueError, match="aliked_threshold"):
+        FeatureConfig(extractor="aliked", aliked_threshold=0.0)
+    with pytest.raises(ValueError, match="uint8"):
+        FeatureConfig(extractor="aliked", descriptor_dtype="uint8")
+
+
+def test_aliked_finds_strongest_first_within_the_image_and_repeats_exactly(config: FeatureConfig) -> None:
+    pixels = _textured(1)
+    keypoints, descriptors, scales, scores = EXTRACTORS["aliked"](config)(pixels)
+    assert 100 < len(keypoints) <= config.max_features
+    assert descriptors.shape == (len(keypoints), 128) and descriptors.dtype == np.float16
+    assert keypoints.dtype == np.float32 and scores.dtype == np.float32 and scales.dtype == np.float32
+    assert (keypoints[:, 0] >= -0.5).all() and (keypoints[:, 0] <= WIDTH - 0.5).all()
+    assert (keypoints[:, 1] >= -0.5).all() and (keypoints[:, 1] <= HEIGHT - 0.5).all()
+    assert (np.diff(scores) <= 0).all()
+    again = EXTRACTORS["aliked"](config)(pixels)
+    assert all(np.array_equal(x, y) for x, y in zip((keypoints, descriptors, scales, scores), again, strict=True))
+
+
+def test_working_side_reports_keypoints_in_full_image_pixels(config: FeatureConfig) -> None:
+    small = _textured(2)
+    # pixel doubling: shrinking it back by area gives exactly `small`
+    large = cv2.resize(small, (WIDTH * 2, HEIGHT * 2), interpolation=cv2.INTER_NEAREST)
+    at_small = _features("s", small, config)
+    at_large = _features("l", large, FeatureConfig(extractor="aliked", max_features=1024, working_side=WIDTH))
+    # the same detections, at the pixel centres of an image twice as large
+    assert np.array_equal(at_large.descriptors, at_small.descriptors)
+    assert np.abs(at_large.keypoints - (at_small.keypoints * 2 + 0.5)).max() < 1e-3
+
+
+def test_max_features_caps_the_strongest(config: FeatureConfig) -> None:
+    pixels = _textured(3)
+    full = _features("a", pixels, config)
+    capped = _features("a", pixels, FeatureConfig(extractor="aliked", max_features=50))
+    assert capped.count == 50
+    assert np.array_equal(capped.scores, full.scores[:50])
+
+
+@pytest.mark.parametrize("matcher", ["nn", "lightglue"])
+def test_a_warped_view_verifies_and_an_unrelated_image_does_not(config: FeatureConfig, matcher: str) -> None:
+    pixels = _textured(4)
+    view, affine = _warped(pixels)
+    a, b = _features("a", pixels, config), _features("b", view, config)
+    other = _features("c", _textured(5), config)
+    verify = VerifyConfig(matcher=matcher)
+    _, inliers, reason = verify_pair(a, b, verify)
+    assert reason == "" and inliers >= 100
+    assert verify_pair(a, other, verify)[1] < 30
+    # the inliers follow the true map
+    points_a, points_b = inlier_matches(a, b, verify)
+    mapped = np.hstack([points_a, np.ones((len(points_a), 1), np.float32)]) @ affine.T
+    assert np.median(np.linalg.norm(mapped - points_b, axis=1)) < 3.0
+
+
+def test_lightglue_of_an_empty_feature_set_matches_nothing(config: FeatureConfig) -> None:
+    a = _features("a", _textured(6), config)
+    empty = LocalFeatures(
+        "b", 1, 2, np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float16), *[np.zeros(0, np.float32)] * 2, WIDTH, HEIGHT
+    )
+    assert verify_pair(a, empty, VerifyConfig(matcher="lightglue")) == (0, 0, "no_features")
+
+
+def test_lightglue_needs_aliked_features() -> None:
+    with pytest.raises(ValueError, match="lightglue"):
+        build_config("t.csv", "out", overrides={"verify": {"matcher": "lightglue"}})
+    with pytest.raises(ValueError, match="lightglue"):
+        build_config(
+            "t.csv",
+            "out",
+            overrides={"features": {"extractor": "aliked", "aliked_model": "aliked-t16"}, "verify": {"matcher": "lightglue"}},
+        )
+    config = build_config("t.csv", "out", overrides={"features": {"extractor": "aliked"}, "verify": {"matcher": "lightglue"}})
+    assert config.verify.matcher == "lightglue"
+
+
+def test_weights_come_from_the_installed_wheel_or_fail_with_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert features_learned.weight_file("aliked-n16.pth").endswith("pretrained_weights/aliked-n16.pth")
+    features_learned.check_weights("aliked-n16", "lightglue")
+    with pytest.raises(ValueError, match="missing"):
+        features_learned.weight_file("no-such-model.pth")
+
+    def absent(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", absent)
+    with pytest.raises(ValueError, match="make install-learned"):
+        features_learned.check_weights("aliked-n16")

