@@ -46,7 +46,25 @@ def volumes_per_image(run: dict) -> dict[str, float]:
     }
 
 
-def estimate(costs: dict[str, float], volumes: dict[str, float], args: argparse.Namespace) -> dict:
+def gpu_stages(run: dict) -> list[str]:
+    """The stages a run puts on GPU workers when given `--gpu-accelerator`: learned or DELF
+    extraction, and LightGlue matching."""
+    config = run.get("config", {})
+    stages = []
+    if config.get("features", {}).get("extractor", "sift") != "sift":
+        stages.append("features")
+    if config.get("verify", {}).get("matcher", "nn") == "lightglue":
+        stages.append("verify")
+    return stages
+
+
+def estimate(
+    costs: dict[str, float], volumes: dict[str, float], args: argparse.Namespace, on_gpu: list[str] | None = None
+) -> dict:
+    """vCPU-hours and cost per stage for `args.images`. Stages in `on_gpu` are priced as GPU
+    worker hours at the assumed GPU throughputs (`--gpu-images-per-s`, `--gpu-pairs-per-s`)
+    instead of the measured CPU seconds: each hour is one GPU plus its worker's vCPUs."""
+    on_gpu = on_gpu or []
     pairs = args.images * args.pairs_per_image * args.pair_overlap
     vcpu_hours = {
         "ingest": args.images / args.ingest_images_per_vcpu_s / 3600,
@@ -54,15 +72,29 @@ def estimate(costs: dict[str, float], volumes: dict[str, float], args: argparse.
         "features": args.images * costs["features_s_per_image"] / 3600,
         "verify": pairs * costs["verify_s_per_pair"] / 3600,
     }
+    gpu_hours = {
+        "features": args.images / args.gpu_images_per_s / 3600,
+        "verify": pairs / args.gpu_pairs_per_s / 3600,
+    }
+    gpu_hours = {stage: hours for stage, hours in gpu_hours.items() if stage in on_gpu}
+    for stage in gpu_hours:
+        vcpu_hours[stage] = gpu_hours[stage] * args.gpu_worker_vcpus
     total_vcpu_hours = sum(vcpu_hours.values())
+    total_gpu_hours = sum(gpu_hours.values())
     per_vcpu_hour = args.vcpu_hour + args.gb_per_vcpu * args.gb_hour
     # the measured run's pairs per image is small (a class of n < 40 has n-1 partners); the
     # per-image shuffle is dominated by fixed per-image records and the kNN descriptor
     shuffle_gb = args.images * volumes["shuffle_bytes_per_image"] / 1e9
     reads_per_image = volumes["store_reads_per_image"] * args.pairs_per_image / max(1.0, args.measured_pairs_per_image)
     store_reads = args.images * reads_per_image
-    cost = total_vcpu_hours * per_vcpu_hour + shuffle_gb * args.shuffle_gb + store_reads / 1e4 * args.read_ops_10k
-    wall_hours = total_vcpu_hours / (args.workers * args.vcpus_per_worker)
+    cost = (
+        total_vcpu_hours * per_vcpu_hour
+        + total_gpu_hours * args.gpu_hour
+        + shuffle_gb * args.shuffle_gb
+        + store_reads / 1e4 * args.read_ops_10k
+    )
+    cpu_hours = sum(hours for stage, hours in vcpu_hours.items() if stage not in gpu_hours)
+    wall_hours = cpu_hours / (args.workers * args.vcpus_per_worker) + total_gpu_hours / args.gpu_workers
     reselect_vcpu_hours = args.images * costs["select_s_per_row"] / 3600
     return {
         "images": args.images,
@@ -70,6 +102,7 @@ def estimate(costs: dict[str, float], volumes: dict[str, float], args: argparse.
         "measured": {k: round(v, 5) for k, v in costs.items()},
         "vcpu_hours": {k: round(v, 1) for k, v in vcpu_hours.items()},
         "total_vcpu_hours": round(total_vcpu_hours, 1),
+        "gpu_hours": {k: round(v, 1) for k, v in gpu_hours.items()},
         "usd_per_vcpu_hour": round(per_vcpu_hour, 5),
         "volumes": {k: round(v, 1) for k, v in volumes.items()},
         "shuffle_gb": round(shuffle_gb),
@@ -98,11 +131,22 @@ def main() -> None:
     parser.add_argument("--read-ops-10k", type=float, default=0.004, help="GCS class B operations, USD per 10,000")
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--vcpus-per-worker", type=int, default=8)
+    parser.add_argument(
+        "--gpu", action="store_true", help="price learned/DELF extraction and LightGlue matching on GPU workers"
+    )
+    # Assumed, not measured here (no GPU on this machine): a T4 with one ALIKED-n16 model at
+    # 640 px and LightGlue with its adaptive depth and width, each fed by its worker's CPUs.
+    parser.add_argument("--gpu-images-per-s", type=float, default=40.0, help="assumed GPU feature throughput")
+    parser.add_argument("--gpu-pairs-per-s", type=float, default=30.0, help="assumed GPU LightGlue throughput")
+    parser.add_argument("--gpu-hour", type=float, default=0.35, help="Dataflow, USD per T4 GPU-hour")
+    parser.add_argument("--gpu-worker-vcpus", type=int, default=4, help="vCPUs of a GPU worker (n1-standard-4)")
+    parser.add_argument("--gpu-workers", type=int, default=20)
     args = parser.parse_args()
     run = json.loads(Path(args.run_json).read_text())
-    result = estimate(per_item_seconds(run), volumes_per_image(run), args)
+    result = estimate(per_item_seconds(run), volumes_per_image(run), args, gpu_stages(run) if args.gpu else [])
     for stage, hours in result["vcpu_hours"].items():
-        print(f"{stage:9s} {hours:10.1f} vCPU-h")
+        gpu = result["gpu_hours"].get(stage)
+        print(f"{stage:9s} {hours:10.1f} vCPU-h" + (f" ({gpu:.1f} GPU-h)" if gpu is not None else ""))
     vcpu_cost = result["total_vcpu_hours"] * result["usd_per_vcpu_hour"]
     print(f"compute {result['total_vcpu_hours']:.1f} vCPU-h x ${result['usd_per_vcpu_hour']:.4f} = ${vcpu_cost:.0f}")
     print(f"shuffle {result['shuffle_gb']} GB x ${args.shuffle_gb} = ${result['shuffle_gb'] * args.shuffle_gb:.0f}")

@@ -232,3 +232,16 @@ def test_launch_script_with_a_gpu_hints_the_feature_step_only(tmp_path: Path) ->
     assert {s["name"]: s["resource_hints"] for s in plan["steps"] if s["resource_hints"]} == {
         "ExtractFeatures": {"accelerator": gpu}
     }
+
+
+def test_dry_run_puts_the_gpu_on_aliked_extraction_and_lightglue_matching_alone(offline, capsys) -> None:
+    gpu = "type:nvidia-l4;count:1;install-nvidia-driver"
+    learned = ["--extractor", "aliked", "--matcher", "lightglue", "--gpu-accelerator", gpu]
+    code, plan, _ = _plan([*GS, *learned, *DATAFLOW], capsys)
+    assert code == 0
+    hinted = {step["name"]: step["resource_hints"] for step in plan["steps"] if step["resource_hints"]}
+    assert hinted == {"ExtractFeatures": {"accelerator": gpu}, "VerifyPairs": {"accelerator": gpu}}
+    # nearest-neighbour matching of the same features stays on CPU workers
+    code, plan, _ = _plan([*GS, "--extractor", "aliked", "--gpu-accelerator", gpu, *DATAFLOW], capsys)
+    hinted = {step["name"]: step["resource_hints"] for step in plan["steps"] if step["resource_hints"]}
+    assert hinted == {"ExtractFeatures": {"accelerator": gpu}}

@@ -102,7 +102,14 @@ def test_a_warped_view_verifies_and_an_unrelated_image_does_not(config: FeatureC
 def test_lightglue_of_an_empty_feature_set_matches_nothing(config: FeatureConfig) -> None:
     a = _features("a", _textured(6), config)
     empty = LocalFeatures(
-        "b", 1, 2, np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float16), *[np.zeros(0, np.float32)] * 2, WIDTH, HEIGHT
+        "b",
+        1,
+        2,
+        np.zeros((0, 2), np.float32),
+        np.zeros((0, 128), np.float16),
+        *[np.zeros(0, np.float32)] * 2,
+        WIDTH,
+        HEIGHT,
     )
     assert verify_pair(a, empty, VerifyConfig(matcher="lightglue")) == (0, 0, "no_features")
 
@@ -114,9 +121,14 @@ def test_lightglue_needs_aliked_features() -> None:
         build_config(
             "t.csv",
             "out",
-            overrides={"features": {"extractor": "aliked", "aliked_model": "aliked-t16"}, "verify": {"matcher": "lightglue"}},
+            overrides={
+                "features": {"extractor": "aliked", "aliked_model": "aliked-t16"},
+                "verify": {"matcher": "lightglue"},
+            },
         )
-    config = build_config("t.csv", "out", overrides={"features": {"extractor": "aliked"}, "verify": {"matcher": "lightglue"}})
+    config = build_config(
+        "t.csv", "out", overrides={"features": {"extractor": "aliked"}, "verify": {"matcher": "lightglue"}}
+    )
     assert config.verify.matcher == "lightglue"
 
 

@@ -62,8 +62,12 @@ def check_weights(aliked_model: str = "", matcher: str = "") -> None:
 
 
 def device() -> torch.device:
-    """The GPU when PyTorch sees one; else the CPU, limited to one PyTorch thread per caller."""
+    """The GPU when PyTorch sees one (deterministic cuDNN kernels); else the CPU, limited to
+    one PyTorch thread per caller."""
     if torch.cuda.is_available():
+        # cuDNN's autotuner may pick other kernels on another run, and with them other bits
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
         return torch.device("cuda")
     torch.set_num_threads(1)
     return torch.device("cpu")
