@@ -4,13 +4,17 @@ LightGlue matching from the installed weight files, offline, on the CPU."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import main
 from pipeline.config import build_config
-from pipeline.demo_data import _texture
+from pipeline.demo_data import DemoConfig, _texture, generate_demo, read_truth
 from schemas.records import LocalFeatures
 from transforms import features_learned
 from transforms.features import EXTRACTORS, FeatureConfig
@@ -144,3 +148,24 @@ def test_weights_come_from_the_installed_wheel_or_fail_with_how_to_install(monke
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
     with pytest.raises(ValueError, match="make install-learned"):
         features_learned.check_weights("aliked-n16")
+
+
+def test_curate_with_aliked_and_lightglue_keeps_the_landmarks_and_repeats_exactly(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    dataset = generate_demo(data, "http://unused", DemoConfig(images=24, seed=5, broken_rows=0, image_size=320))
+    truth = read_truth(dataset.truth_csv)
+    outputs = []
+    for run in ("a", "b"):
+        out = str(tmp_path / f"out-{run}")
+        argv = ["curate", "--train-csv", dataset.train_csv, "--output", out, "--images-dir", f"{data}/images"]
+        argv += ["--extractor", "aliked", "--matcher", "lightglue", "--no-progress", "--direct_num_workers=2"]
+        assert main(argv) == 0
+        outputs.append(out)
+    decisions = pq.read_table(os.path.join(outputs[0], "decisions.parquet")).to_pylist()
+    assert len(decisions) == dataset.rows
+    kept = {d["id"] for d in decisions if d["status"] == "kept"}
+    members = {i for i, (_, role) in truth.items() if role == "member"}
+    assert kept <= members and len(kept) >= 0.9 * len(members)
+    for name in ("train_clean.csv", "decisions.parquet", "pairs.parquet"):
+        with open(os.path.join(outputs[0], name), "rb") as a, open(os.path.join(outputs[1], name), "rb") as b:
+            assert a.read() == b.read(), name
