@@ -179,7 +179,7 @@ def _mean_descriptor(parts: Iterable[tuple[np.ndarray, int]]) -> np.ndarray:
 
 
 def knn_task(
-    key: tuple[int, int], members: Iterable[tuple[str, FeatureRef]], centre: np.ndarray, k: int
+    key: tuple[int, int], members: Iterable[tuple[str, FeatureRef]], centre: np.ndarray | None = None, k: int = 10
 ) -> Iterator[tuple[tuple[str, str], tuple[FeatureRef, list[Neighbour]]]]:
     """One (training block, evaluation block) task: ((side, id), (own light ref, its k best
     neighbours of the other block)) for every image of both blocks."""
@@ -188,6 +188,7 @@ def knn_task(
     evals = sorted((ref for side, ref in members if side == _EVAL), key=lambda r: r.id)
     if not train or not evals:
         return
+    centre = np.zeros(1, np.float32) if centre is None or not centre.size else centre
     with StageTimer(STAGE):
         (t_idx, t_sim), (e_idx, e_sim) = cross_neighbours(_descriptors(train), _descriptors(evals), centre, k)
     light_train, light_evals = [light(r) for r in train], [light(r) for r in evals]
@@ -230,7 +231,7 @@ def _candidates(item: tuple[tuple[str, str], tuple[FeatureRef, list[Neighbour]]]
 
 
 def _verification_chunks(
-    eval_id: str, candidates: Iterable[tuple[FeatureRef, FeatureRef, float]], size: int
+    eval_id: str, candidates: Iterable[tuple[FeatureRef, FeatureRef, float]], size: int = 32
 ) -> Iterator[tuple[FeatureRef, list[tuple[FeatureRef, float]]]]:
     candidates = list(candidates)
     evaluation = candidates[0][0]
