@@ -576,6 +576,9 @@ def run_overlap(config: OverlapRunConfig, beam_args: list[str] | None = None) ->
     out = overlap_paths(config)
     for key in ("overlap", "candidates", "eval_images", "c2x_scores"):
         remove_table(out[key])
+    stale = [out[key] for key in ("train_clean", "c2x_csv", "classes") if FileSystems.exists(out[key])]
+    if stale:  # an earlier run's files: without --exclude none is written again
+        FileSystems.delete(stale)
     if source.kind != "store":
         write_manifest(out["eval_manifest"], source.rows)
     counters, wall = run_pipeline(lambda p: build_overlap(p, config, curation, source), beam_args, config.progress)
