@@ -39,6 +39,7 @@ _configure_logging()
 
 from pipeline.baseline_cli import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+from pipeline.overlap_cli import overlap_main  # noqa: E402
 from transforms.features import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, EXTRACTORS  # noqa: E402
 from transforms.verify import MATCHERS  # noqa: E402
 
@@ -401,6 +402,7 @@ COMMANDS = {
     "select": select_main,
 }
 COMMANDS.update(BASELINE_COMMANDS)
+COMMANDS["overlap"] = overlap_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ _NOT_AN_IMAGE = (
 # Stream tags keep the random streams of different purposes independent: a
 # facade depends only on (seed, landmark index), a view only on (seed, row
 # position), so neither depends on how many draws other parts made.
-_STREAM_LAYOUT, _STREAM_LANDMARK, _STREAM_DISTRACTOR, _STREAM_VIEW = 0, 1, 2, 3
+_STREAM_LAYOUT, _STREAM_LANDMARK, _STREAM_DISTRACTOR, _STREAM_VIEW, _STREAM_EXTRA_VIEW = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,19 @@ def read_truth(truth_csv: str) -> dict[str, tuple[int, str]]:
     """Map each id of a ``truth.csv`` to ``(landmark_id, role)``."""
     with open(truth_csv, newline="", encoding="utf-8") as handle:
         return {r["id"]: (int(r["landmark_id"]), r["role"]) for r in csv.DictReader(handle)}
+
+
+def landmark_views(seed: int, landmark: int, count: int, image_size: int = 640, stream: int = 0) -> list[bytes]:
+    """``count`` JPEG views of generated landmark ``landmark`` (the facade ``generate_demo``
+    draws for landmark index ``landmark`` with this ``seed``), each from its own random stream
+    ``(seed, landmark, stream, i)``: extra views of a landmark, e.g. an evaluation set whose
+    landmarks are (or are not) among a generated training set's."""
+    facade = _landmark_facade(seed, landmark)
+    views = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, _STREAM_EXTRA_VIEW, landmark, stream, i])
+        views.append(_encode_jpeg(_render_view(rng, facade, image_size), rng))
+    return views
 
 
 def _validate(config: DemoConfig) -> None:

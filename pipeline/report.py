@@ -164,10 +164,8 @@ def _pair_figure(files: _Files, pair: ExamplePair, stores: dict, verify: VerifyC
     src = files.write(
         f"pair-{pair.id_a}-{pair.id_b}.jpg", draw_matches(jpegs[pair.id_a], jpegs[pair.id_b], points_a, points_b)
     )
-    caption = (
-        f"{pair.caption}: {pair.id_a} (class {pair.landmark_a}) vs {pair.id_b} (class {pair.landmark_b}), "
-        f"{pair.inliers} inliers"
-    )
+    side_b = f"class {pair.landmark_b}" if pair.landmark_b >= 0 else "evaluation image"
+    caption = f"{pair.caption}: {pair.id_a} (class {pair.landmark_a}) vs {pair.id_b} ({side_b}), {pair.inliers} inliers"
     return (
         f'<figure class="pair"><img src="{escape(src)}" alt="{escape(caption)}">'
         f"<figcaption>{escape(caption)}</figcaption></figure>"
@@ -249,6 +247,13 @@ def _rule(config: dict) -> str:
     )
 
 
+def _overlap_html(output: str, run: dict, files: _Files, verify: VerifyConfig) -> str:
+    """The `gld overlap` section (`pipeline.report_overlap`; imported here, it imports this)."""
+    from pipeline.report_overlap import overlap_section
+
+    return overlap_section(output, run, files, verify)
+
+
 def build_report(output: str) -> str:
     """Rebuild `<output>/report.html` (and `report_files/`) from a curate output; returns its path."""
     paths = {name: FileSystems.join(output, name) for name in _INPUTS}
@@ -291,6 +296,7 @@ def build_report(output: str) -> str:
         + "<h2>Example pairs with their inlier matches</h2>"
         + (pairs_html or '<p class="note">no pairs</p>')
         + _audit_section(findings)
+        + _overlap_html(output, run, files, verify)
         + "</body></html>\n"
     )
     path = FileSystems.join(output, REPORT_NAME)

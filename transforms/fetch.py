@@ -37,6 +37,9 @@ USER_AGENT = "gld-curate/0.1 (GLDv2 dataset curation; +https://github.com/gld-cu
 Resolver = Callable[[str], list[str]]
 
 
+IMAGE_LAYOUTS = ("gldv2", "flat")
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     """How images are fetched.
@@ -53,6 +56,9 @@ class FetchConfig:
 
     images_dir: str = ""
     tar_dir: str = ""
+    #: How `images_dir` is laid out: `gldv2` (`<dir>/a/b/c/<id>.jpg`) or `flat` (`<dir>/<id>.jpg`,
+    #: e.g. the `jpg/` folder of Revisited Oxford/Paris).
+    images_layout: str = "gldv2"
     retry_failed: bool = False
     allow_private_hosts: bool = False
     connect_timeout_s: float = 5.0
@@ -70,6 +76,8 @@ class FetchConfig:
     def __post_init__(self) -> None:
         if self.images_dir and self.tar_dir:
             raise ValueError("choose one source: images_dir (--images-dir) or tar_dir (--tar-dir)")
+        if self.images_layout not in IMAGE_LAYOUTS:
+            raise ValueError(f"images_layout must be one of {IMAGE_LAYOUTS}")
         for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s", "backoff_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -295,17 +303,21 @@ def fetch_http(
     return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, outcome.reason, outcome.detail, row.url)
 
 
-def image_path(images_dir: str, image_id: str) -> str:
-    """GLDv2 on-disk layout: `<dir>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg`."""
+def image_path(images_dir: str, image_id: str, layout: str = "gldv2") -> str:
+    """GLDv2 on-disk layout: `<dir>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg`; `flat`: `<dir>/<id>.jpg`."""
+    if layout == "flat":
+        return FileSystems.join(images_dir, f"{image_id}.jpg")
     return FileSystems.join(images_dir, image_id[0], image_id[1], image_id[2], f"{image_id}.jpg")
 
 
 def read_from_dir(row: ManifestRow, config: FetchConfig) -> FetchedImage | Failure:
     """Read the image file; failure reasons: missing_file, too_large, read_error."""
-    if len(row.id) < 3:  # the a/b/c layout needs three characters; a shorter id cannot have a file
+    if (
+        len(row.id) < 3 and config.images_layout == "gldv2"
+    ):  # the a/b/c layout needs three characters; a shorter id cannot have a file
         detail = f"id {row.id!r} is too short for the <dir>/a/b/c/<id>.jpg layout"
         return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, detail, row.url)
-    path = image_path(config.images_dir, row.id)
+    path = image_path(config.images_dir, row.id, config.images_layout)
     try:
         if not FileSystems.exists(path):
             return Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, path, row.url)
