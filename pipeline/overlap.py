@@ -50,7 +50,7 @@ from transforms.features import ExtractFeatures
 from transforms.fetch import FetchConfig
 from transforms.image_store import FINGERPRINT, IMAGES_DIR, ReadStore, attempt_dirs, part_files
 from transforms.ingest import INDEX_COLUMNS, Ingest, IngestConfig
-from transforms.ingest import _read_logged as read_logged
+from transforms.ingest import read_logged
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.overlap import FindOverlap, OverlapConfig
 from transforms.progress import tick

@@ -109,7 +109,9 @@ def _kind(item: ManifestRow | ImageRef | Failure) -> Iterator[object]:
         yield beam.pvalue.TaggedOutput("failures" if isinstance(item, Failure) else "reused", item)
 
 
-def _read_logged(numbered: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dict]]]:
+def read_logged(numbered: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dict]]]:
+    """(id, (attempt, row)) for each row of one failure-log part (attempt number, part path),
+    for joining with a manifest by id; an unreadable part is skipped and counted."""
     attempt, path = numbered
     for row in readable_rows(path, stage=STAGE):
         yield row["id"], (attempt, row)
@@ -132,7 +134,7 @@ class _Resume(beam.PTransform):
             | "ReadStored" >> beam.FlatMap(readable_rows, columns=INDEX_COLUMNS, stage=STAGE)
             | "KeyStored" >> beam.Map(lambda r: (r["id"], r))
         )
-        failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(_read_logged)
+        failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(read_logged)
         outcomes = (
             {"rows": rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)), "stored": stored, "failed": failed}
             | "JoinStore" >> beam.CoGroupByKey()
