@@ -49,8 +49,7 @@ from transforms.feature_store import ReuseStoredFeatures
 from transforms.features import ExtractFeatures
 from transforms.fetch import FetchConfig
 from transforms.image_store import FINGERPRINT, IMAGES_DIR, ReadStore, attempt_dirs, part_files
-from transforms.ingest import INDEX_COLUMNS, Ingest, IngestConfig
-from transforms.ingest import read_logged
+from transforms.ingest import INDEX_COLUMNS, Ingest, IngestConfig, read_logged
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.overlap import FindOverlap, OverlapConfig
 from transforms.progress import tick
