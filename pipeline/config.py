@@ -26,6 +26,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "verify": {"model": "affine", "ransac_threshold": 20.0, "ransac_iterations": 1000},
         "select": {"policy": "degree", "min_inliers": 30, "min_degree": 3, "min_class_size": 2},
     },
+    # Learned features (the `learned` extra): ALIKED + LightGlue, then the same RANSAC and
+    # components. On landmarks-dev the >= 30 graph keeps the most true members; >= 50 drops the
+    # one noise image that reached 45 inliers with a member (README, "Presets and defaults").
+    "recall-first": {
+        "features": {"extractor": "aliked"},
+        "verify": {"matcher": "lightglue"},
+        "select": {"min_inliers": 30, "min_component_size": 2},
+    },
+    "precision-first": {
+        "features": {"extractor": "aliked"},
+        "verify": {"matcher": "lightglue"},
+        "select": {"min_inliers": 50, "min_component_size": 2},
+    },
 }
 
 #: `--matching` presets fill verification settings over the preset; explicit flags override them.

@@ -1,4 +1,5 @@
-"""Selection presets and flags: `gldv2-components` (default) and `gldv2-official` (smlyaka)."""
+"""Presets and flags: `gldv2-components` (default), `gldv2-official` (smlyaka), and the learned
+`recall-first` and `precision-first`."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def test_flags_override_the_preset() -> None:
     assert (config.select.policy, config.select.min_degree, config.select.min_class_size) == ("degree", 2, 3)
     largest = _config("--policy", "components", "--keep-largest-component")
     assert largest.select.largest_component_only and largest.select.policy == "components"
+
+
+def test_learned_presets_name_the_trade_off_on_aliked_and_lightglue() -> None:
+    recall, precision = _config("--preset", "recall-first"), _config("--preset", "precision-first")
+    for config in (recall, precision):
+        assert (config.features.extractor, config.verify.matcher) == ("aliked", "lightglue")
+        assert (config.features.max_features, config.features.working_side) == (4096, 640)
+    assert recall.select.min_inliers < precision.select.min_inliers
+    # a flag still overrides: nearest-neighbour matching of the same features
+    assert _config("--preset", "recall-first", "--matcher", "nn").verify.matcher == "nn"
