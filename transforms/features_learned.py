@@ -120,7 +120,8 @@ class AlikedExtractor:
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
             raise ValueError(f"ALIKED needs uint8 RGB [H, W, 3], got {pixels.dtype} {pixels.shape}")
         small, factor = shrink_for_working_side(pixels, self._config.working_side)
-        tensor = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float() / 255.0
+        # a copy: the decoded image may be read-only, and PyTorch wants tensors it may write
+        tensor = torch.tensor(small, dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
         with torch.inference_mode():
             found = self._model(tensor.to(next(self._model.parameters()).device))[0]
         xy = found.keypoints.float().cpu().numpy()
