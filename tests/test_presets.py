@@ -16,6 +16,8 @@ def test_default_preset_is_connected_components() -> None:
     assert config.preset == "gldv2-components"
     assert (config.select.policy, config.select.min_inliers, config.select.min_component_size) == ("components", 30, 2)
     assert not config.select.largest_component_only
+    assert config.select.drop_isolated_components
+    assert (config.select.isolated_max_size, config.select.isolation_inliers) == (2, 15)
 
 
 def test_official_preset_is_the_smlyaka_rule_with_their_ransac() -> None:
@@ -35,3 +37,26 @@ def test_flags_override_the_preset() -> None:
     assert (config.select.policy, config.select.min_degree, config.select.min_class_size) == ("degree", 2, 3)
     largest = _config("--policy", "components", "--keep-largest-component")
     assert largest.select.largest_component_only and largest.select.policy == "components"
+
+
+def test_isolated_rule_flags() -> None:
+    assert not _config("--no-drop-isolated-components").select.drop_isolated_components
+    assert not _config("--preset", "gldv2-official").select.drop_isolated_components
+    tuned = _config(
+        "--preset",
+        "gldv2-official",
+        "--policy",
+        "components",
+        "--drop-isolated-components",
+        "--isolated-max-size",
+        "3",
+        "--isolation-inliers",
+        "20",
+    )
+    assert (tuned.select.drop_isolated_components, tuned.select.isolated_max_size, tuned.select.isolation_inliers) == (
+        True,
+        3,
+        20,
+    )
+    # an on-switch left out leaves the preset's value (False is only an override when given)
+    assert not _config("--policy", "components").select.largest_component_only
