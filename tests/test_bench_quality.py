@@ -3,30 +3,18 @@ hand-made truth and decisions (no curation run, no shared data)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.demo import TruthScore, score_against_truth, score_kept
+from tests.benchmark_modules import load_benchmark
 
-
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_quality", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_quality"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("bench_quality")
 
 # class 1: members m1 m2 m3, noise n1 n2; class 2: members m4 m5; class 3: a lone member m6;
 # broken b1 b2

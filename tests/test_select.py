@@ -252,15 +252,19 @@ def test_select_config_rejects_bad_policy_values(kwargs: dict) -> None:
 # rest of the class has 9 inliers; s - t, a genuine pair that a weaker pair (20 inliers) links to
 # the rest; u - v - w, a 3-image component with only chance links.
 ISOLATED_MEMBERS = [(image_id, line) for line, image_id in enumerate("abcdstuvwxy", start=1)]
-ISOLATED_PAIRS = [PairResult(LID, p, q, 200, 80) for p, q in ("ab", "bc", "cd")] + [
-    PairResult(LID, "x", "y", 450, 400),
-    PairResult(LID, "a", "x", 60, 9),
-    PairResult(LID, "b", "y", 40, 6),
-    PairResult(LID, "s", "t", 300, 120),
-    PairResult(LID, "c", "s", 90, 20),
-    PairResult(LID, "u", "v", 100, 50),
-    PairResult(LID, "v", "w", 100, 45),
-    PairResult(LID, "d", "w", 50, 5),
+ISOLATED_PAIRS = [
+    PairResult(LID, a, b, matches, inliers)
+    for a, b, matches, inliers in (
+        *((p, q, 200, 80) for p, q in ("ab", "bc", "cd")),
+        ("x", "y", 450, 400),
+        ("a", "x", 60, 9),
+        ("b", "y", 40, 6),
+        ("s", "t", 300, 120),
+        ("c", "s", 90, 20),
+        ("u", "v", 100, 50),
+        ("v", "w", 100, 45),
+        ("d", "w", 50, 5),
+    )
 ]
 ISOLATED = SelectConfig(drop_isolated_components=True)
 
