@@ -50,8 +50,12 @@ def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
     fetch = parser.add_argument_group("ingest")
     fetch.add_argument("--images-dir", help="read <dir>/a/b/c/<id>.jpg instead of downloading the urls")
     fetch.add_argument("--tar-dir", help="read the official images_NNN.tar shards (and md5 files) here")
-    fetch.add_argument("--retry-failed", action="store_true", help="fetch again the rows an earlier run failed on")
-    fetch.add_argument("--allow-private-hosts", action="store_true", help="allow loopback/private hosts (tests, demo)")
+    fetch.add_argument(
+        "--retry-failed", action="store_true", default=None, help="fetch again the rows an earlier run failed on"
+    )
+    fetch.add_argument(
+        "--allow-private-hosts", action="store_true", default=None, help="allow loopback/private hosts (tests, demo)"
+    )
     fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes (default 30 MiB)")
     fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
     fetch.add_argument("--jpeg-quality", type=int, help="quality of the stored JPEG (default 90)")
@@ -84,10 +88,27 @@ def _add_select_flags(parser: argparse.ArgumentParser) -> None:
     select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
     select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
     select.add_argument(
-        "--keep-largest-component", action="store_true", help="components policy: keep only a class's largest"
+        "--keep-largest-component",
+        action="store_true",
+        default=None,
+        help="components policy: keep only a class's largest",
     )
     select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
     select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
+    select.add_argument(
+        "--drop-isolated-components",
+        action=argparse.BooleanOptionalAction,
+        help="components policy: remove a small component beside a larger one of its class that no pair links "
+        "to the rest of the class (default: on in gldv2-components)",
+    )
+    select.add_argument(
+        "--isolated-max-size", type=int, help="largest component the isolated rule may remove (default 2)"
+    )
+    select.add_argument(
+        "--isolation-inliers",
+        type=int,
+        help="a pair with this many inliers to the rest of the class keeps a component (default 15)",
+    )
 
 
 def _curate_parser() -> argparse.ArgumentParser:
@@ -194,14 +215,19 @@ _OVERRIDES = {
     "keep_largest_component": ("select", "largest_component_only"),
     "min_degree": ("select", "min_degree"),
     "min_class_size": ("select", "min_class_size"),
+    "drop_isolated_components": ("select", "drop_isolated_components"),
+    "isolated_max_size": ("select", "isolated_max_size"),
+    "isolation_inliers": ("select", "isolation_inliers"),
 }
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The stage settings the flags given set (stage -> field -> value). A flag left out is None
+    (on-switches too: `default=None`) and leaves the preset's value; `--no-...` gives False."""
     overrides: dict[str, dict[str, Any]] = {}
     for attr, (stage, name) in _OVERRIDES.items():
         value = getattr(args, attr, None)
-        if value is not None and value is not False:
+        if value is not None:
             overrides.setdefault(stage, {})[name] = value
     return overrides
 

@@ -17,8 +17,10 @@ from transforms.verify import VerifyConfig
 
 #: Presets fill stage settings; explicit flags override them.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Connected components of the >= 30-inlier graph (this project's default rule).
-    "gldv2-components": {"select": {"min_inliers": 30, "min_component_size": 2}},
+    # Connected components of the >= 30-inlier graph (this project's default rule), without the
+    # isolated components (a small component beside a larger one that nothing links to the rest
+    # of its class: on landmarks-dev, the near-duplicate noise pairs).
+    "gldv2-components": {"select": {"min_inliers": 30, "min_component_size": 2, "drop_isolated_components": True}},
     # Team smlyaka's rule that made GLDv2-train-clean: >= 3 pairs of >= 30 inliers per image, then
     # classes of >= 2 survivors; up to 100 candidates per image; affine RANSAC, 20 px, 1000 trials.
     "gldv2-official": {

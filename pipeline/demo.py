@@ -6,24 +6,27 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-
-import pyarrow.parquet as pq
 
 from pipeline.config import build_config
 from pipeline.curate import output_paths, run_curation
 from pipeline.demo_data import DemoConfig, generate_demo, read_truth
 from pipeline.serve import serve_folder
 from schemas.gldv2_csv import parse_train_clean
+from transforms.store import read_table
 
 
 @dataclass(frozen=True)
 class TruthScore:
     """Kept images against the truth.
 
-    precision: kept rows that are true members of the class they are filed under, over kept;
-    recall: kept members over members of classes with >= 2 members (a lone image cannot be
-    verified); broken_failed: broken rows that ended as failures, over broken rows.
+    - precision: kept rows that are true members (`role` member) of the class they are kept
+      under, over kept rows;
+    - recall: kept members over `members`, the members of classes with >= 2 members (a lone
+      image cannot be verified);
+    - noise_kept / noise_ids: kept rows whose role is noise;
+    - broken_failed: broken rows that ended as failures, over `broken` rows (1.0 when none).
     """
 
     kept: int
@@ -31,24 +34,41 @@ class TruthScore:
     recall: float
     broken_failed: float
     noise_kept: int
+    members: int = 0
+    broken: int = 0
+    noise_ids: tuple[str, ...] = ()
 
 
-def score_against_truth(train_clean_path: str, decisions_path: str, truth_csv: str) -> TruthScore:
-    truth = read_truth(truth_csv)
-    with open(train_clean_path, encoding="utf-8") as handle:
-        kept = {image_id for ids in parse_train_clean(handle.read()).values() for image_id in ids}
+def score_kept(
+    kept: Mapping[str, int], statuses: Mapping[str, str], truth: Mapping[str, tuple[int, str]]
+) -> TruthScore:
+    """Score the kept rows (id -> landmark_id kept under) and every row's status (id -> kept |
+    removed | failed) against the truth (id -> (landmark_id, role)); see `TruthScore`."""
     members_per_class = Counter(lid for lid, role in truth.values() if role == "member")
     verifiable = {i for i, (lid, role) in truth.items() if role == "member" and members_per_class[lid] >= 2}
-    true_kept = sum(1 for i in kept if truth.get(i, (0, ""))[1] == "member")
-    statuses = dict(zip(*pq.read_table(decisions_path, columns=["id", "status"]).to_pydict().values(), strict=True))
+    true_kept = [i for i, lid in kept.items() if truth.get(i) == (lid, "member")]
+    noise = tuple(sorted(i for i in kept if truth.get(i, (0, ""))[1] == "noise"))
     broken = [i for i, (_, role) in truth.items() if role == "broken"]
     return TruthScore(
         kept=len(kept),
-        precision=true_kept / len(kept) if kept else 0.0,
-        recall=len(kept & verifiable) / len(verifiable) if verifiable else 0.0,
+        precision=len(true_kept) / len(kept) if kept else 0.0,
+        recall=len(verifiable.intersection(true_kept)) / len(verifiable) if verifiable else 0.0,
         broken_failed=sum(statuses.get(i) == "failed" for i in broken) / len(broken) if broken else 1.0,
-        noise_kept=sum(1 for i in kept if truth.get(i, (0, ""))[1] == "noise"),
+        noise_kept=len(noise),
+        members=len(verifiable),
+        broken=len(broken),
+        noise_ids=noise,
     )
+
+
+def score_against_truth(train_clean_path: str, decisions_path: str, truth_csv: str) -> TruthScore:
+    """`score_kept` of a run's `train_clean.csv` and `decisions.parquet` against a `truth.csv`."""
+    with open(train_clean_path, encoding="utf-8") as handle:
+        split = parse_train_clean(handle.read())
+    kept = {image_id: lid for lid, ids in split.items() for image_id in ids}
+    columns = read_table(decisions_path, columns=["id", "status"]).to_pydict()
+    statuses = dict(zip(columns["id"], columns["status"], strict=True))
+    return score_kept(kept, statuses, read_truth(truth_csv))
 
 
 def run_demo(output: str, images: int, seed: int, beam_args: list[str] | None = None) -> dict:

@@ -241,6 +241,11 @@ def _rule(config: dict) -> str:
     else:
         per_image = f"components of >= {select['min_component_size']}"
         per_image += ", largest only" if select.get("largest_component_only") else ""
+        if select.get("drop_isolated_components"):
+            per_image += (
+                f", isolated components of <= {select['isolated_max_size']} dropped"
+                f" (no pair of >= {select['isolation_inliers']} inliers to the rest of the class)"
+            )
     return (
         f"policy {select['policy']}: edges of >= {select['min_inliers']} inliers, {per_image}, "
         f"classes of >= {select['min_class_size']} survivors"

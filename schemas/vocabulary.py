@@ -38,6 +38,7 @@ class Reason(str, Enum):
     NO_VERIFIED_PAIR = "no_verified_pair"
     SMALL_COMPONENT = "small_component"
     NOT_LARGEST_COMPONENT = "not_largest_component"
+    ISOLATED_COMPONENT = "isolated_component"
     LOW_DEGREE = "low_degree"
     CLASS_TOO_SMALL = "class_too_small"
     # manifest failures

@@ -17,6 +17,8 @@ def test_default_preset_is_connected_components() -> None:
     assert config.preset == "gldv2-components"
     assert (config.select.policy, config.select.min_inliers, config.select.min_component_size) == ("components", 30, 2)
     assert not config.select.largest_component_only
+    assert config.select.drop_isolated_components
+    assert (config.select.isolated_max_size, config.select.isolation_inliers) == (2, 15)
 
 
 def test_official_preset_is_the_smlyaka_rule_with_their_ransac() -> None:
@@ -46,3 +48,26 @@ def test_learned_presets_name_the_trade_off_on_aliked_and_lightglue() -> None:
     assert recall.select.min_inliers < precision.select.min_inliers
     # a flag still overrides: nearest-neighbour matching of the same features
     assert _config("--preset", "recall-first", "--matcher", "nn").verify.matcher == "nn"
+
+
+def test_isolated_rule_flags() -> None:
+    assert not _config("--no-drop-isolated-components").select.drop_isolated_components
+    assert not _config("--preset", "gldv2-official").select.drop_isolated_components
+    tuned = _config(
+        "--preset",
+        "gldv2-official",
+        "--policy",
+        "components",
+        "--drop-isolated-components",
+        "--isolated-max-size",
+        "3",
+        "--isolation-inliers",
+        "20",
+    )
+    assert (tuned.select.drop_isolated_components, tuned.select.isolated_max_size, tuned.select.isolation_inliers) == (
+        True,
+        3,
+        20,
+    )
+    # an on-switch left out leaves the preset's value (False is only an override when given)
+    assert not _config("--policy", "components").select.largest_component_only

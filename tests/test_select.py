@@ -245,3 +245,115 @@ def test_degree_policy_keeps_a_subset_of_components() -> None:
 def test_select_config_rejects_bad_policy_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SelectConfig(**kwargs)
+
+
+# Isolated-component layout: a 4-image component {a, b, c, d} (the class's evidence); x - y, two
+# near-identical frames of something else (400 of 450 matches inliers), whose best pair with the
+# rest of the class has 9 inliers; s - t, a genuine pair that a weaker pair (20 inliers) links to
+# the rest; u - v - w, a 3-image component with only chance links.
+ISOLATED_MEMBERS = [(image_id, line) for line, image_id in enumerate("abcdstuvwxy", start=1)]
+ISOLATED_PAIRS = [
+    PairResult(LID, a, b, matches, inliers)
+    for a, b, matches, inliers in (
+        *((p, q, 200, 80) for p, q in ("ab", "bc", "cd")),
+        ("x", "y", 450, 400),
+        ("a", "x", 60, 9),
+        ("b", "y", 40, 6),
+        ("s", "t", 300, 120),
+        ("c", "s", 90, 20),
+        ("u", "v", 100, 50),
+        ("v", "w", 100, 45),
+        ("d", "w", 50, 5),
+    )
+]
+ISOLATED = SelectConfig(drop_isolated_components=True)
+
+
+def test_isolated_rule_drops_a_small_component_nothing_else_verifies_with() -> None:
+    decisions = _by_id(select_class(LID, ISOLATED_MEMBERS, ISOLATED_PAIRS, ISOLATED))
+    kept = {i for i, d in decisions.items() if d.status == Status.KEPT}
+    assert kept == set("abcdstuvw")  # s - t is linked (20 >= 15), u - v - w is larger than 2
+    for image_id in "xy":
+        decision = decisions[image_id]
+        assert (decision.status, decision.reason) == (Status.REMOVED, "isolated_component")
+        assert (decision.component_size, decision.degree, decision.max_inliers) == (2, 1, 400)
+        assert decision.detail == (
+            "2-image component beside the class's largest (4 images), verified only within itself "
+            "(best pair 400 of 450 matches inliers); its best pair with the rest of the class has 9 inliers "
+            "(with a), under 15"
+        )
+    # the same graph without the rule keeps everything that verifies
+    assert {
+        d.id for d in select_class(LID, ISOLATED_MEMBERS, ISOLATED_PAIRS, SelectConfig()) if d.status == "kept"
+    } == (set("abcdstuvwxy"))
+
+
+def test_isolated_rule_thresholds() -> None:
+    # u - v - w (3 images, best link 5) goes once the rule may remove 3-image components
+    wider = _by_id(
+        select_class(
+            LID, ISOLATED_MEMBERS, ISOLATED_PAIRS, SelectConfig(drop_isolated_components=True, isolated_max_size=3)
+        )
+    )
+    assert {i for i, d in wider.items() if d.reason == "isolated_component"} == set("uvwxy")
+    assert wider["u"].detail.startswith("3-image component beside the class's largest (4 images)")
+    # s - t's link of 20 no longer saves it when a link must reach 21
+    strict = _by_id(
+        select_class(
+            LID, ISOLATED_MEMBERS, ISOLATED_PAIRS, SelectConfig(drop_isolated_components=True, isolation_inliers=21)
+        )
+    )
+    assert {i for i, d in strict.items() if d.reason == "isolated_component"} == set("stxy")
+    assert strict["s"].detail.endswith("has 20 inliers (with c), under 21")
+
+
+def test_isolated_rule_spares_the_largest_component_and_ties() -> None:
+    # a class whose only verified component is a pair: that pair is the class's evidence
+    alone = select_class(LID, [("x", 1), ("y", 2), ("z", 3)], [PairResult(LID, "x", "y", 450, 400)], ISOLATED)
+    assert [d.status for d in alone] == [Status.KEPT, Status.KEPT, Status.REMOVED]
+    # two components of 2: neither is smaller than the largest, so neither is judged
+    members = [(i, n) for n, i in enumerate("pqrs")]
+    tie = select_class(LID, members, [PairResult(LID, "p", "q", 99, 90), PairResult(LID, "r", "s", 99, 90)], ISOLATED)
+    assert all(d.status == Status.KEPT for d in tie)
+
+
+def test_isolated_rule_without_any_pair_to_the_rest_and_class_size() -> None:
+    members = [(i, n) for n, i in enumerate("abcxy")]
+    pairs = [PairResult(LID, "a", "b", 90, 60), PairResult(LID, "b", "c", 90, 60), PairResult(LID, "x", "y", 80, 70)]
+    decisions = _by_id(select_class(LID, members, pairs, ISOLATED))
+    assert decisions["x"].detail.endswith(
+        "(best pair 70 of 80 matches inliers); it has no candidate pair with the rest of the class"
+    )
+    # the rule's removals count like any other for the class-size rule
+    small = _by_id(select_class(LID, members, pairs, SelectConfig(drop_isolated_components=True, min_class_size=4)))
+    assert {small[i].reason for i in "abc"} == {"class_too_small"} and small["x"].reason == "isolated_component"
+
+
+def test_isolated_rule_order_independent_and_components_policy_only() -> None:
+    expected = select_class(LID, ISOLATED_MEMBERS, ISOLATED_PAIRS, ISOLATED)
+    rng = random.Random(11)
+    for _ in range(5):
+        members, pairs = ISOLATED_MEMBERS[:], ISOLATED_PAIRS[:]
+        rng.shuffle(members)
+        rng.shuffle(pairs)
+        assert select_class(LID, members, iter(pairs), ISOLATED) == expected
+    degree = SelectConfig(policy="degree", min_degree=1, drop_isolated_components=True)
+    assert not any(
+        d.reason == "isolated_component" for d in select_class(LID, ISOLATED_MEMBERS, ISOLATED_PAIRS, degree)
+    )
+    # keep-largest-only removes the smaller components first, under its own reason
+    largest = _by_id(
+        select_class(
+            LID,
+            ISOLATED_MEMBERS,
+            ISOLATED_PAIRS,
+            SelectConfig(drop_isolated_components=True, largest_component_only=True),
+        )
+    )
+    assert largest["x"].reason == "not_largest_component"
+
+
+@pytest.mark.parametrize("kwargs", [{"isolated_max_size": 1}, {"isolation_inliers": 0}])
+def test_select_config_rejects_bad_isolated_values(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SelectConfig(drop_isolated_components=True, **kwargs)
