@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
     "pillow>=11,<13",
     "crcmod>=1.7,<2",
     "tensorboard>=2.21,<2.22",  # gld train writes TensorBoard logs
+    # tensorflow-hub 0.16 imports pkg_resources, which setuptools 81 removed; torch (the learned
+    # extra) asks for any setuptools, and pip would otherwise take the newest
+    "setuptools>=65,<81",
 ]
 
 #: The `learned` extra (ALIKED features, LightGlue matching): kornia's model definitions on

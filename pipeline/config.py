@@ -29,17 +29,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "select": {"policy": "degree", "min_inliers": 30, "min_degree": 3, "min_class_size": 2},
     },
     # Learned features (the `learned` extra): ALIKED + LightGlue, then the same RANSAC and
-    # components. On landmarks-dev the >= 30 graph keeps the most true members; >= 50 drops the
-    # one noise image that reached 45 inliers with a member (README, "Presets and defaults").
+    # components without isolated ones. On landmarks-dev the >= 30 graph keeps the most true
+    # members; >= 50 drops the noise image that reached 45 inliers with a member, and since
+    # LightGlue gives unrelated images of a class up to ~22 inliers, an isolated component needs
+    # 25 to be linked (README, "Presets and defaults").
     "recall-first": {
         "features": {"extractor": "aliked"},
         "verify": {"matcher": "lightglue"},
-        "select": {"min_inliers": 30, "min_component_size": 2},
+        "select": {"min_inliers": 30, "min_component_size": 2, "drop_isolated_components": True},
     },
     "precision-first": {
         "features": {"extractor": "aliked"},
         "verify": {"matcher": "lightglue"},
-        "select": {"min_inliers": 50, "min_component_size": 2},
+        "select": {
+            "min_inliers": 50,
+            "min_component_size": 2,
+            "drop_isolated_components": True,
+            "isolation_inliers": 25,
+        },
     },
 }
 

@@ -267,7 +267,7 @@ def test_feature_config_rejects_bad_values(kwargs: dict) -> None:
 
 def test_feature_config_defaults() -> None:
     config = FeatureConfig()
-    assert set(EXTRACTORS) == {"sift", "delf"}
+    assert set(EXTRACTORS) == {"sift", "delf", "aliked"}
     assert (config.extractor, config.max_features, config.descriptor_dtype) == ("sift", 4000, "float16")
     assert FeatureConfig(extractor="delf").max_features == 1000  # DELF's max_feature_num
     assert FeatureConfig(extractor="delf", max_features=300).max_features == 300

@@ -96,7 +96,8 @@ class FeatureConfig:
             # a frozen dataclass resolves its own default once, here
             object.__setattr__(self, "max_features", DEFAULT_MAX_FEATURES[self.extractor])
         if self.working_side is None:
-            object.__setattr__(self, "working_side", DEFAULT_WORKING_SIDE[self.extractor])
+            # an extractor registered without a default sees the normalised image (1024 px)
+            object.__setattr__(self, "working_side", DEFAULT_WORKING_SIDE.get(self.extractor, 1024))
         if self.max_features <= 0:
             raise ValueError("max_features must be > 0")
         if self.descriptor_dtype not in DESCRIPTOR_DTYPE_NAMES:
