@@ -19,7 +19,9 @@ configurations, so every run pays ingest, extraction and matching) and prints on
   candidate pairs verified), `accounting_ok` (run.json);
 - `seconds`: wall seconds of the `gld curate` process, start-up included; `ms_per_image` =
   seconds / rows; `ms_per_pair` = seconds / pairs (both are whole-run costs spread over the
-  unit, not the cost of one stage);
+  unit, not the cost of one stage); `features_cpu_ms_per_image` and `verify_cpu_ms_per_pair`:
+  the busy time of those stages alone (summed over worker threads, so CPU time) per extracted
+  image and per verified pair, as `cost_model.py` prices them;
 - `peak_rss_mb`: the peak resident memory of the `gld curate` process (`wait4`'s rusage: the
   largest of the process and the children it waited for);
 - `exit_code`: of `gld curate`; a failed run prints its line with the scores left out.
@@ -49,6 +51,9 @@ from typing import Any
 from pipeline.curate import output_paths
 from pipeline.demo import TruthScore, score_against_truth
 from transforms.store import read_table
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder's cost model
+from cost_model import per_item_seconds
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,16 @@ def configurations(named: list[str], presets: list[str]) -> list[Configuration]:
 
 
 def quality_line(
-    configuration: Configuration, score: TruthScore | None, measured: Measured, rows: int, pairs: int, ok: bool
+    configuration: Configuration,
+    score: TruthScore | None,
+    measured: Measured,
+    rows: int,
+    pairs: int,
+    ok: bool,
+    stage_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The JSON line of one configuration (see the module docstring); `score` None when the run failed."""
+    """The JSON line of one configuration (see the module docstring); `score` None when the run
+    failed; `stage_seconds`: `cost_model.per_item_seconds` of its run.json."""
     line: dict[str, Any] = {"config": configuration.name, "flags": shlex.join(configuration.flags)}
     if score is not None:
         line |= {
@@ -111,6 +123,8 @@ def quality_line(
         "seconds": round(measured.seconds, 1),
         "ms_per_image": round(1000 * measured.seconds / rows, 1) if rows else None,
         "ms_per_pair": round(1000 * measured.seconds / pairs, 1) if pairs else None,
+        "features_cpu_ms_per_image": round(1000 * stage_seconds["features_s_per_image"], 1) if stage_seconds else None,
+        "verify_cpu_ms_per_pair": round(1000 * stage_seconds["verify_s_per_pair"], 1) if stage_seconds else None,
         "peak_rss_mb": round(measured.peak_rss_mb),
         "exit_code": measured.exit_code,
     }
@@ -155,10 +169,13 @@ def measure(configuration: Configuration, data: str, work: str, gld: str) -> dic
         print(f"bench_quality: {configuration.name} exited {measured.exit_code}; see {log}", file=sys.stderr)
         return quality_line(configuration, None, measured, 0, 0, False)
     with open(paths["run_json"], encoding="utf-8") as handle:
-        counts = json.load(handle)["counts"]
+        run = json.load(handle)
+    counts = run["counts"]
     score = score_against_truth(paths["train_clean"], paths["decisions"], os.path.join(data, "truth.csv"))
     pairs = read_table(paths["pairs"], columns=["id_a"]).num_rows
-    return quality_line(configuration, score, measured, counts["rows"], pairs, counts["accounting_ok"])
+    return quality_line(
+        configuration, score, measured, counts["rows"], pairs, counts["accounting_ok"], per_item_seconds(run)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

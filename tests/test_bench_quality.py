@@ -94,8 +94,9 @@ def test_configurations_parse_names_and_flags() -> None:
 
 def test_quality_line_divides_the_cost_and_leaves_scores_out_of_a_failed_run() -> None:
     score = score_kept({"m1": 1, "m2": 1, "n1": 1}, {"b1": "failed", "b2": "failed"}, TRUTH)
+    stages = {"features_s_per_image": 0.25, "verify_s_per_pair": 0.0125}
     line = bench.quality_line(
-        bench.Configuration("x", ("--preset", "p")), score, bench.Measured(0, 12.0, 512.4), 10, 40, True
+        bench.Configuration("x", ("--preset", "p")), score, bench.Measured(0, 12.0, 512.4), 10, 40, True, stages
     )
     assert line == {
         "config": "x",
@@ -114,6 +115,8 @@ def test_quality_line_divides_the_cost_and_leaves_scores_out_of_a_failed_run() -
         "seconds": 12.0,
         "ms_per_image": 1200.0,
         "ms_per_pair": 300.0,
+        "features_cpu_ms_per_image": 250.0,
+        "verify_cpu_ms_per_pair": 12.5,
         "peak_rss_mb": 512,
         "exit_code": 0,
     }
