@@ -1,0 +1,63 @@
+"""The GLDv2 cost model (benchmarks/cost_model.py): which stages go to GPU workers, and how they
+are priced there."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from tests.benchmark_modules import load_benchmark
+
+cost_model = load_benchmark("cost_model")
+
+COSTS = {"decode_s_per_image": 0.02, "features_s_per_image": 1.0, "verify_s_per_pair": 0.5, "select_s_per_row": 0.0}
+VOLUMES = {"shuffle_bytes_per_image": 0.0, "store_read_bytes_per_image": 0.0, "store_reads_per_image": 0.0}
+
+
+def _args(**changes: float) -> argparse.Namespace:
+    values = dict(
+        images=3600,
+        pairs_per_image=10,
+        pair_overlap=1.0,
+        ingest_images_per_vcpu_s=10.0,
+        vcpu_hour=0.05,
+        gb_hour=0.0,
+        gb_per_vcpu=4.0,
+        shuffle_gb=0.0,
+        measured_pairs_per_image=10.0,
+        read_ops_10k=0.0,
+        workers=1,
+        vcpus_per_worker=1,
+        gpu_images_per_s=40.0,
+        gpu_pairs_per_s=30.0,
+        gpu_hour=0.35,
+        gpu_worker_vcpus=4,
+        gpu_workers=1,
+    )
+    return argparse.Namespace(**{**values, **changes})
+
+
+@pytest.mark.parametrize(
+    ("config", "stages"),
+    [
+        ({}, []),
+        ({"features": {"extractor": "sift"}, "verify": {"matcher": "nn"}}, []),
+        ({"features": {"extractor": "delf"}}, ["features"]),
+        ({"features": {"extractor": "aliked"}, "verify": {"matcher": "lightglue"}}, ["features", "verify"]),
+    ],
+)
+def test_gpu_stages_are_the_learned_steps(config: dict, stages: list[str]) -> None:
+    assert cost_model.gpu_stages({"config": config}) == stages
+
+
+def test_gpu_stages_are_priced_as_gpu_worker_hours() -> None:
+    cpu = cost_model.estimate(COSTS, VOLUMES, _args())
+    assert cpu["vcpu_hours"]["features"] == 1.0 and cpu["vcpu_hours"]["verify"] == 5.0 and cpu["gpu_hours"] == {}
+    gpu = cost_model.estimate(COSTS, VOLUMES, _args(), ["features", "verify"])
+    # 3600 images at 40/s = 0.025 h; 36,000 pairs at 30/s = 0.333 h; each hour also holds 4 vCPUs
+    assert gpu["gpu_hours"] == {"features": 0.0, "verify": 0.3}
+    assert gpu["vcpu_hours"]["verify"] == round(36000 / 30 / 3600 * 4, 1)
+    expected = (gpu["total_vcpu_hours"] * 0.05) + (3600 / 40 + 36000 / 30) / 3600 * 0.35
+    assert gpu["cost_usd"] == pytest.approx(expected, abs=0.01)
+    assert gpu["cost_usd"] < cpu["cost_usd"] or gpu["wall_hours"] < cpu["wall_hours"]
