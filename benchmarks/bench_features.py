@@ -40,7 +40,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipeline.demo_data import _texture
+from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, ManifestRow
 from transforms.features import ExtractFeatures, FeatureConfig
 

@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.demo_data import _texture
+from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage

@@ -21,10 +21,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.cli import main
-from pipeline.config import build_config
-from pipeline.curate import build_curation
-from pipeline.demo_data import _texture
+from pipeline.cli.main import main
+from pipeline.curation.config import build_config
+from pipeline.curation.curate import build_curation
+from pipeline.demo.data import _texture
 from schemas.records import Failure, LocalFeatures
 from schemas.tables import features_from_row
 from schemas.vocabulary import Reason, Stage

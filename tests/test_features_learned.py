@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import build_config
-from pipeline.demo_data import DemoConfig, _texture, generate_demo, read_truth
+from pipeline.cli.main import main
+from pipeline.curation.config import build_config
+from pipeline.demo.data import DemoConfig, _texture, generate_demo, read_truth
 from schemas.records import LocalFeatures
 from transforms import features_learned
 from transforms.features import EXTRACTORS, FeatureConfig

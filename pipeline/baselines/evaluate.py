@@ -26,9 +26,9 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from pipeline.metrics import RECOGNITION, RETRIEVAL, TASKS
+from pipeline.baselines.metrics import RECOGNITION, RETRIEVAL, TASKS
+from pipeline.baselines.train import BATCH_SIGNATURE, OUTPUT_NAME
 from pipeline.runner import run_pipeline, write_json
-from pipeline.train import BATCH_SIGNATURE, OUTPUT_NAME
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from schemas.tables import image_from_row
 from transforms.features import FeatureConfig, SiftExtractor, extract_features
