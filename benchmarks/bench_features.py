@@ -42,7 +42,8 @@ from PIL import Image
 
 from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, ManifestRow
-from transforms.features import ExtractFeatures, FeatureConfig
+from transforms.extractors.config import FeatureConfig
+from transforms.features import ExtractFeatures
 
 
 def make_images(folder: str, count: int, width: int, height: int) -> list[str]:

@@ -26,7 +26,8 @@ from transforms.audit import (
     split_class,
 )
 from transforms.audit_signatures import bits_for, hamming, hash_bands, perceptual_hash, simhash_codes
-from transforms.features import ExtractFeatures, FeatureConfig
+from transforms.extractors.config import FeatureConfig
+from transforms.features import ExtractFeatures
 from transforms.verify import VerifyConfig
 
 

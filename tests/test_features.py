@@ -19,16 +19,11 @@ from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
-from transforms.features import (
-    EXTRACTORS,
-    ExtractFeatures,
-    ExtractorModelHandler,
-    FeatureConfig,
-    SiftExtractor,
-    compact_descriptors,
-    extract_features,
-    root_sift,
-)
+from transforms.extractors.base import compact_descriptors
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.registry import EXTRACTORS
+from transforms.extractors.sift import SiftExtractor, root_sift
+from transforms.features import ExtractFeatures, ExtractorModelHandler, extract_features
 from transforms.verify import VerifyConfig, putative_matches, verify_pair
 
 WIDTH, HEIGHT = 480, 320  # deliberately not square: an x/y swap would leave the bounds

@@ -1,4 +1,4 @@
-"""DELF through a SavedModel with DELF's signature, under RunInference (transforms.features_delf).
+"""DELF through a SavedModel with DELF's signature, under RunInference (transforms.extractors.delf).
 
 The model is `tests.tiny_delf`, built here: same signature, inputs and output names as the
 public DELF module, real (if simple) local features, so matching and RANSAC work on them.
@@ -30,8 +30,10 @@ from schemas.tables import features_from_row
 from schemas.vocabulary import Reason, Stage
 from tests.test_features import _decoded, _undecodable
 from tests.tiny_delf import build_tiny_delf
-from transforms.features import EXTRACTORS, ExtractFeatures, FeatureConfig, extract_features
-from transforms.features_delf import DelfExtractor
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.delf import DelfExtractor
+from transforms.extractors.registry import EXTRACTORS
+from transforms.features import ExtractFeatures, extract_features
 from transforms.verify import VerifyConfig, verify_pair
 
 WIDTH, HEIGHT = 480, 240  # wider than high: a (y, x) / (x, y) mix-up leaves the image

@@ -31,7 +31,9 @@ from pipeline.baselines.train import BATCH_SIGNATURE, OUTPUT_NAME
 from pipeline.runner import run_pipeline, write_json
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from schemas.tables import image_from_row
-from transforms.features import FeatureConfig, SiftExtractor, extract_features
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.sift import SiftExtractor
+from transforms.features import extract_features
 from transforms.image_store import part_files, read_rows
 from transforms.progress import tick
 from transforms.verify import VerifyConfig, verify_pair

@@ -40,7 +40,8 @@ _configure_logging()
 from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.cli.overlap import overlap_main  # noqa: E402
 from pipeline.curation.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
-from transforms.features import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, EXTRACTORS  # noqa: E402
+from transforms.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE  # noqa: E402
+from transforms.extractors.registry import EXTRACTORS  # noqa: E402
 from transforms.verify import MATCHERS  # noqa: E402
 
 
