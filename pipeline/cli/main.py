@@ -396,6 +396,21 @@ def audit_main(argv: list[str]) -> int:
     return 0
 
 
+def make_tiny_delf_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gld make-tiny-delf",
+        description="Write a tiny SavedModel with DELF's serving signature (simple real local features), "
+        "for `gld curate --extractor delf --delf-model DIR` without DELF's weights.",
+    )
+    parser.add_argument("dir", help="folder to write the SavedModel to")
+    args = parser.parse_args(argv)
+    # imported here: TensorFlow takes seconds to import
+    from transforms.extractors.tiny_delf import build_tiny_delf
+
+    print(build_tiny_delf(args.dir))
+    return 0
+
+
 def curate_flags() -> frozenset[str]:
     """The long options of `gld curate` (e.g. `--train-csv`)."""
     parser = _curate_parser()
@@ -427,6 +442,7 @@ COMMANDS = {
     "compare": compare_main,
     "audit": audit_main,
     "select": select_main,
+    "make-tiny-delf": make_tiny_delf_main,
 }
 COMMANDS.update(BASELINE_COMMANDS)
 COMMANDS["overlap"] = overlap_main
