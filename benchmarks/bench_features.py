@@ -40,9 +40,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipeline.demo_data import _texture
+from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, ManifestRow
-from transforms.features import ExtractFeatures, FeatureConfig
+from transforms.extractors.config import FeatureConfig
+from transforms.features import ExtractFeatures
 
 
 def make_images(folder: str, count: int, width: int, height: int) -> list[str]:

@@ -34,9 +34,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.config import build_config
-from pipeline.ingest import run_ingest
-from pipeline.serve import serve_folder
+from pipeline.curation.config import build_config
+from pipeline.curation.ingest import run_ingest
+from pipeline.demo.serve import serve_folder
 
 WORKERS = 2
 THREADS = 16

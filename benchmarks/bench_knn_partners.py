@@ -22,8 +22,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.demo_data import _landmark_facade, _render_view
-from transforms.features import FeatureConfig, SiftExtractor
+from pipeline.demo.data import _landmark_facade, _render_view
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.sift import SiftExtractor
 from transforms.global_descriptor import aggregate_local
 from transforms.pairs import PairConfig, candidate_pairs
 

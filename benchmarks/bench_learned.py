@@ -30,7 +30,8 @@ import numpy as np
 
 from schemas.records import LocalFeatures
 from transforms.decode import DecodeConfig, Normalised, normalise
-from transforms.features import EXTRACTORS, FeatureConfig
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.registry import EXTRACTORS
 from transforms.verify import VerifyConfig, verify_pair
 
 

@@ -48,8 +48,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.curate import output_paths
-from pipeline.demo import TruthScore, score_against_truth
+from pipeline.curation.curate import output_paths
+from pipeline.demo.run import TruthScore, score_against_truth
 from transforms.store import read_table
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder's cost model

@@ -1,7 +1,7 @@
 """Peak memory and wall time of `gld curate` end to end as the input grows.
 
 Generates photo-like landmark classes (800x600 JPEGs of ~100-200 KB: each class is one planar
-textured facade of `pipeline.demo_data`, each image a perspective view of it with illumination
+textured facade of `pipeline.demo.data`, each image a perspective view of it with illumination
 change and sensor noise; ~4 % of rows are noise: a view of another class's facade or an unrelated
 texture), deterministically from `--seed`, ONCE for the largest size; each size N curates the
 first N rows (whole classes in plan order, so every size is of the same kind) with
@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline import demo_data
+from pipeline.demo import data as demo_data
 
 NOISE_FRACTION = 0.04
 FIRST_LANDMARK_ID = 1000

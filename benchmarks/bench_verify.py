@@ -52,11 +52,13 @@ from skimage.transform import AffineTransform
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.config import MATCHING_PRESETS
-from pipeline.demo_data import DemoConfig, generate_demo
+from pipeline.curation.config import MATCHING_PRESETS
+from pipeline.demo.data import DemoConfig, generate_demo
 from schemas.records import FetchedImage, LocalFeatures, ManifestRow
 from transforms.decode import DecodeConfig, decode_image
-from transforms.features import FeatureConfig, SiftExtractor, extract_features
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.sift import SiftExtractor
+from transforms.features import extract_features
 from transforms.verify import VerifyConfig, verify_pair
 
 MIN_INLIERS = 30

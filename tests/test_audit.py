@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.demo_data import _texture
+from pipeline.demo.data import _texture
 from schemas.records import AuditFinding, DecodedImage, ImageDecision, ManifestRow
 from schemas.vocabulary import Status
 from tests.stores import store_images
@@ -26,7 +26,8 @@ from transforms.audit import (
     split_class,
 )
 from transforms.audit_signatures import bits_for, hamming, hash_bands, perceptual_hash, simhash_codes
-from transforms.features import ExtractFeatures, FeatureConfig
+from transforms.extractors.config import FeatureConfig
+from transforms.features import ExtractFeatures
 from transforms.verify import VerifyConfig
 
 

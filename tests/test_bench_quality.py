@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.demo import TruthScore, score_against_truth, score_kept
+from pipeline.demo.run import TruthScore, score_against_truth, score_kept
 from tests.benchmark_modules import load_benchmark
 
 bench = load_benchmark("bench_quality")

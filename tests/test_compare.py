@@ -7,8 +7,8 @@ from fractions import Fraction
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.compare import ClassDisagreement, agreement, class_disagreements
+from pipeline.cli.main import main
+from pipeline.curation.compare import ClassDisagreement, agreement, class_disagreements
 from schemas.gldv2_csv import format_train_clean
 
 # OURS keeps (a,1) (b,1) (c,1) (d,2) (e,2) (f,3); REF keeps (a,1) (b,1) (x,1) (d,2) (e,4) (g,4).

@@ -1,4 +1,4 @@
-"""Tests of the synthetic landmark dataset generator (pipeline.demo_data)."""
+"""Tests of the synthetic landmark dataset generator (pipeline.demo.data)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.demo_data import DemoConfig, DemoDataset, generate_demo, read_truth
+from pipeline.demo.data import DemoConfig, DemoDataset, generate_demo, read_truth
 
 BASE_URL = "http://127.0.0.1:8000/"
 SMALL = DemoConfig(images=40, seed=7, image_size=320)

@@ -18,9 +18,9 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from packaging.requirements import Requirement
 
-from pipeline.cli import curate_flags, from_template_args, main
-from pipeline.config import build_config
-from pipeline.plan import planned_pipeline
+from pipeline.cli.main import curate_flags, from_template_args, main
+from pipeline.curation.config import build_config
+from pipeline.curation.plan import planned_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 DATAFLOW = [
@@ -199,7 +199,7 @@ def test_template_arguments_become_curate_flags() -> None:
 def _launch(tmp_path: Path, argv: list[str], **env_extra: str) -> dict:
     """deploy/dataflow/launch.sh with DRY_RUN=1, run against this checkout; its plan."""
     wrapper = tmp_path / "gld"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pipeline.cli "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pipeline.cli.main "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PROJECT": "my-project-123", "BUCKET": "my-bucket", "DRY_RUN": "1", "GLD": str(wrapper)}
     env.update({"PYTHONPATH": str(REPO), **env_extra})

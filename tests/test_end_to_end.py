@@ -13,9 +13,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.demo_data import DemoConfig, generate_demo, read_truth
-from pipeline.serve import serve_folder
+from pipeline.cli.main import main
+from pipeline.demo.data import DemoConfig, generate_demo, read_truth
+from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from transforms.verify import PAIR_OUTCOMES
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate import EvaluateConfig, nearest, predictions_csv, rerank_by_inliers, run_evaluation
-from pipeline.metrics import parse_predictions, parse_solution, recognition_scores, retrieval_scores
-from pipeline.tfrecords import ExportConfig, run_export
-from pipeline.train import SIGNATURE, TrainConfig, run_training
+from pipeline.baselines.evaluate import EvaluateConfig, nearest, predictions_csv, rerank_by_inliers, run_evaluation
+from pipeline.baselines.metrics import parse_predictions, parse_solution, recognition_scores, retrieval_scores
+from pipeline.baselines.tfrecords import ExportConfig, run_export
+from pipeline.baselines.train import SIGNATURE, TrainConfig, run_training
 from tests.baseline_data import write_store, write_train_clean
 
 

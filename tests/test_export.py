@@ -8,7 +8,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from pipeline.tfrecords import ExportConfig, relabel, relabeling_csv, run_export, split_class
+from pipeline.baselines.tfrecords import ExportConfig, relabel, relabeling_csv, run_export, split_class
 from tests.baseline_data import write_store, write_train_clean
 
 CLASSES = {

@@ -15,20 +15,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.demo_data import _texture
+from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
-from transforms.features import (
-    EXTRACTORS,
-    ExtractFeatures,
-    ExtractorModelHandler,
-    FeatureConfig,
-    SiftExtractor,
-    compact_descriptors,
-    extract_features,
-    root_sift,
-)
+from transforms.extractors.base import compact_descriptors
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.registry import EXTRACTORS
+from transforms.extractors.sift import SiftExtractor, root_sift
+from transforms.features import ExtractFeatures, ExtractorModelHandler, extract_features
 from transforms.verify import VerifyConfig, putative_matches, verify_pair
 
 WIDTH, HEIGHT = 480, 320  # deliberately not square: an x/y swap would leave the bounds

@@ -1,6 +1,6 @@
-"""DELF through a SavedModel with DELF's signature, under RunInference (transforms.features_delf).
+"""DELF through a SavedModel with DELF's signature, under RunInference (transforms.extractors.delf).
 
-The model is `tests.tiny_delf`, built here: same signature, inputs and output names as the
+The model is `transforms.extractors.tiny_delf`, built here: same signature, inputs and output names as the
 public DELF module, real (if simple) local features, so matching and RANSAC work on them.
 """
 
@@ -21,17 +21,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.cli import main
-from pipeline.config import build_config
-from pipeline.curate import build_curation
-from pipeline.demo_data import _texture
+from pipeline.cli.main import main
+from pipeline.curation.config import build_config
+from pipeline.curation.curate import build_curation
+from pipeline.demo.data import _texture
 from schemas.records import Failure, LocalFeatures
 from schemas.tables import features_from_row
 from schemas.vocabulary import Reason, Stage
 from tests.test_features import _decoded, _undecodable
-from tests.tiny_delf import build_tiny_delf
-from transforms.features import EXTRACTORS, ExtractFeatures, FeatureConfig, extract_features
-from transforms.features_delf import DelfExtractor
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.delf import DelfExtractor
+from transforms.extractors.registry import EXTRACTORS
+from transforms.extractors.tiny_delf import build_tiny_delf
+from transforms.features import ExtractFeatures, extract_features
 from transforms.verify import VerifyConfig, verify_pair
 
 WIDTH, HEIGHT = 480, 240  # wider than high: a (y, x) / (x, y) mix-up leaves the image
@@ -68,6 +70,13 @@ def test_the_test_model_has_delfs_signature(model_path: str) -> None:
         "max_feature_num": tf.int32,
     }
     assert set(signature.structured_outputs) == {"locations", "descriptors", "scales", "attention"}
+
+
+def test_gld_make_tiny_delf_writes_the_model(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "tiny")
+    assert main(["make-tiny-delf", path]) == 0
+    assert capsys.readouterr().out.strip() == path
+    assert isinstance(DelfExtractor(FeatureConfig(extractor="delf", delf_model=path)), DelfExtractor)
 
 
 def test_registry_builds_delf_from_the_configured_model(model_path: str) -> None:

@@ -12,10 +12,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.demo_data import _landmark_facade, _render_view
+from pipeline.demo.data import _landmark_facade, _render_view
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from tests.stores import block_items, store_features, store_images
-from transforms.features import FeatureConfig, SiftExtractor
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.sift import SiftExtractor
 from transforms.global_descriptor import (
     LOCAL_BITS,
     SavedModelEmbedder,

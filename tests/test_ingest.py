@@ -1,4 +1,4 @@
-"""Tests of the resumable ingest (transforms/ingest.py, transforms/image_store.py, pipeline/ingest.py)."""
+"""Tests of the resumable ingest (transforms/ingest.py, transforms/image_store.py, pipeline/curation/ingest.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.demo_data import DemoConfig, generate_demo
-from pipeline.serve import serve_folder
+from pipeline.cli.main import main
+from pipeline.demo.data import DemoConfig, generate_demo
+from pipeline.demo.serve import serve_folder
 from schemas.records import Failure, ImageRef, ManifestRow
 from schemas.vocabulary import Reason, Stage
 from transforms.image_store import (
@@ -202,7 +202,7 @@ def test_a_killed_run_resumes_without_downloading_again_and_matches_an_uninterru
         demo = generate_demo(data, base, DemoConfig(images=40, seed=8, broken_rows=3))
         killed = root / "killed"
         slow = ["--fetch-threads", "1", "--store-part-rows", "4", "--direct_num_workers=1", "--no-progress"]
-        command = [sys.executable, "-m", "pipeline.cli", *_curate_args(demo.train_csv, killed), *slow]
+        command = [sys.executable, "-m", "pipeline.cli.main", *_curate_args(demo.train_csv, killed), *slow]
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while len(part_files(str(killed / "images"))) < 2 and time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.metrics import (
+from pipeline.baselines.metrics import (
     RevisitedGroundTruth,
     average_precision,
     load_revisited_ground_truth,
@@ -200,7 +200,7 @@ def test_revisited_toy_check_and_protocols(tmp_path):
 
 
 def test_gld_score_prints_one_json_object(tmp_path, capsys):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     solution = tmp_path / "solution.csv"
     solution.write_text(RETRIEVAL_SOLUTION)

@@ -12,9 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.demo_data import DemoConfig, generate_demo, landmark_views
-from pipeline.overlap import (
+from pipeline.cli.main import main
+from pipeline.curation.overlap import (
     OverlapRunConfig,
     default_eval_name,
     names_from_ground_truth,
@@ -22,6 +21,7 @@ from pipeline.overlap import (
     resolve_eval_source,
     training_members,
 )
+from pipeline.demo.data import DemoConfig, generate_demo, landmark_views
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from schemas.records import FeatureRef, ImageDecision, ManifestRow
 from schemas.vocabulary import Status

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import _curate_parser, overrides_from
-from pipeline.config import build_config
+from pipeline.cli.main import _curate_parser, overrides_from
+from pipeline.curation.config import build_config
 
 
 def _parse(*flags: str) -> tuple[dict, str]:

@@ -7,9 +7,9 @@ import os
 import apache_beam as beam
 import pytest
 
-from pipeline.cli import _curate_parser, main, overrides_from
-from pipeline.config import build_config
-from pipeline.curate import build_curation, build_selection
+from pipeline.cli.main import _curate_parser, main, overrides_from
+from pipeline.curation.config import build_config
+from pipeline.curation.curate import build_curation, build_selection
 from pipeline.runner import local_runner_args
 
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from pipeline.cli import _curate_parser, overrides_from
-from pipeline.config import build_config
+from pipeline.cli.main import _curate_parser, overrides_from
+from pipeline.curation.config import build_config
 
 
 def _config(*flags: str):

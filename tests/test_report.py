@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline.report_charts import grouped_bars, horizontal_bars
-from pipeline.report_data import (
+from pipeline.report.charts import grouped_bars, horizontal_bars
+from pipeline.report.data import (
     ExamplePair,
     class_counts,
     example_pairs,
@@ -18,7 +18,7 @@ from pipeline.report_data import (
     ranked_by_removal,
     size_bins,
 )
-from pipeline.report_images import draw_matches, thumbnail
+from pipeline.report.images import draw_matches, thumbnail
 
 
 def test_size_bins_are_powers_of_two() -> None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.tfrecords import ExportConfig, run_export
-from pipeline.train import BATCH_SIGNATURE, OUTPUT_NAME, SIGNATURE, TrainConfig, run_training
+from pipeline.baselines.tfrecords import ExportConfig, run_export
+from pipeline.baselines.train import BATCH_SIGNATURE, OUTPUT_NAME, SIGNATURE, TrainConfig, run_training
 from tests.baseline_data import class_view, write_store, write_train_clean
 
 CLASSES = {lid: [f"{lid:04d}{i:012x}" for i in range(6)] for lid in (11, 12, 13, 14)}

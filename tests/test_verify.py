@@ -10,11 +10,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.demo_data import _texture
+from pipeline.demo.data import _texture
 from schemas.records import LocalFeatures, PairResult
 from tests.stores import store_features
 from transforms import verify
-from transforms.features import FeatureConfig, SiftExtractor
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.sift import SiftExtractor
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs
 from transforms.verify import VerifyConfig, VerifyPairs, putative_matches, verify_pair, verify_result
 

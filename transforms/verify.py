@@ -1,7 +1,7 @@
 """Stage 6: geometric verification of candidate pairs (descriptor matching + RANSAC).
 
 Matchers (`MATCHERS`): `nn`, nearest neighbours of descriptors (any extractor), and
-`lightglue`, LightGlue's learned matching of ALIKED features (`transforms.features_learned`;
+`lightglue`, LightGlue's learned matching of ALIKED features (`transforms.extractors.learned`;
 PyTorch, GPU when present). Either way the correspondences then go through the same RANSAC.
 Nearest-neighbour matching is one BLAS matmul of L2-normalised descriptors followed by any of: a Lowe ratio
 test, a mutual nearest-neighbour check and a distance bound. RANSAC is OpenCV's USAC
@@ -28,8 +28,8 @@ from apache_beam.metrics import Metrics
 from schemas.records import LocalFeatures, PairResult
 from schemas.tables import VERIFIED_SCHEMA, pair_to_row
 from schemas.vocabulary import Stage
+from transforms.extractors.registry import learned_module
 from transforms.feature_store import read_features
-from transforms.features import learned_module
 from transforms.image_store import StoreConfig, WriteStoreParts
 from transforms.metering import meter
 from transforms.pairs import Block, BlockKey

@@ -6,7 +6,7 @@ The launcher runs this file (FLEX_TEMPLATE_PYTHON_PY_FILE) with the parameters a
 
 import sys
 
-from pipeline.cli import curate_main, from_template_args
+from pipeline.cli.main import curate_main, from_template_args
 
 if __name__ == "__main__":
     sys.exit(curate_main(from_template_args(sys.argv[1:])))

@@ -12,8 +12,8 @@ import sys
 def demo_baselines(output: str, steps: int, beam_args: list[str]) -> None:
     import os
 
-    from pipeline.curate import output_paths
-    from pipeline.demo_baselines import DemoBaselineConfig, run_baselines
+    from pipeline.baselines.demo_baselines import DemoBaselineConfig, run_baselines
+    from pipeline.curation.curate import output_paths
 
     curated = output_paths(os.path.join(output, "curated"))
     work_dir = os.path.join(output, "baselines")
@@ -28,7 +28,7 @@ def demo_baselines(output: str, steps: int, beam_args: list[str]) -> None:
 
 
 def export_main(argv: list[str]) -> int:
-    from pipeline.tfrecords import ExportConfig, run_export
+    from pipeline.baselines.tfrecords import ExportConfig, run_export
 
     parser = argparse.ArgumentParser(
         prog="gld export-tfrecords",
@@ -70,7 +70,7 @@ def export_main(argv: list[str]) -> int:
 
 
 def train_main(argv: list[str]) -> int:
-    from pipeline.train import BACKBONES, STRATEGIES, TrainConfig, run_training
+    from pipeline.baselines.train import BACKBONES, STRATEGIES, TrainConfig, run_training
 
     defaults = TrainConfig("", "")
     parser = argparse.ArgumentParser(prog="gld train", description="Train the ResNet-GeM-ArcFace baseline.")
@@ -102,8 +102,8 @@ def train_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from pipeline.evaluate import EvaluateConfig, run_evaluation
-    from pipeline.metrics import TASKS, recognition_scores, retrieval_scores
+    from pipeline.baselines.evaluate import EvaluateConfig, run_evaluation
+    from pipeline.baselines.metrics import TASKS, recognition_scores, retrieval_scores
 
     parser = argparse.ArgumentParser(
         prog="gld evaluate", description="Embed, rank and write official predictions. Unknown flags go to Beam."
@@ -151,7 +151,7 @@ def _read_text(path: str) -> str:
 
 
 def score_main(argv: list[str]) -> int:
-    from pipeline import metrics
+    from pipeline.baselines import metrics
 
     parser = argparse.ArgumentParser(prog="gld score", description="Official GLDv2 metrics (one JSON object).")
     parser.add_argument("task", choices=["recognition", "retrieval", "revisited"])

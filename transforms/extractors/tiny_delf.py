@@ -11,12 +11,10 @@ that two views of one scene match and RANSAC verifies them:
 - `locations` are patch centres in (y, x) pixel order of the input image, `scales` are
   1 / scale and `attention` the scores, as DELF returns them.
 
-Write one with `python -m tests.tiny_delf DIR`, then `gld curate --extractor delf --delf-model DIR`.
+Write one with `gld make-tiny-delf DIR`, then `gld curate --extractor delf --delf-model DIR`.
 """
 
 from __future__ import annotations
-
-import sys
 
 import tensorflow as tf
 
@@ -92,7 +90,3 @@ def build_tiny_delf(path: str) -> str:
     module = TinyDelf()
     tf.saved_model.save(module, path, signatures={"default": module.default})
     return path
-
-
-if __name__ == "__main__":
-    print(build_tiny_delf(sys.argv[1]))

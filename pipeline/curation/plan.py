@@ -15,8 +15,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.transforms.resources import AcceleratorHint, CpuCountHint, MinRamHint
 
-from pipeline.config import CurateConfig
-from pipeline.curate import build_curation, build_selection, output_paths
+from pipeline.curation.config import CurateConfig
+from pipeline.curation.curate import build_curation, build_selection, output_paths
 from pipeline.runner import local_runner_args
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")

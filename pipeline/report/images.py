@@ -1,7 +1,7 @@
 """Pictures for `report.html`: thumbnails and pairs drawn with their inlier matches (JPEG bytes).
 
 Pure functions of JPEG bytes and point arrays; which images to draw is decided in
-`pipeline.report`.
+`pipeline.report.page`.
 """
 
 from __future__ import annotations

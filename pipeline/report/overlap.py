@@ -15,7 +15,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.report_data import ExamplePair, rows_with_ids
+from pipeline.report.data import ExamplePair, rows_with_ids
+from pipeline.report.html import pair_figure, table
 from schemas.tables import features_from_row
 from transforms.store import read_table
 from transforms.verify import VerifyConfig
@@ -58,8 +59,6 @@ def _classes_table(folder: str, table: Any) -> str:
 
 def overlap_section(output: str, run: dict[str, Any], files: Any, verify: VerifyConfig) -> str:
     """HTML of every evaluation set checked on `output` ("" when none was)."""
-    from pipeline.report import _pair_figure, _table
-
     html = []
     for name, folder, summary in _summaries(output):
         counts = summary["counts"]
@@ -73,11 +72,11 @@ def overlap_section(output: str, run: dict[str, Any], files: Any, verify: Verify
         }
         stored = rows_with_ids(run["outputs"]["features"], train_ids | eval_ids, _FEATURE_COLUMNS)
         stores = {"jpegs": jpegs, "features": {i: features_from_row(r) for i, r in stored.items()}}
-        figures = "".join(_pair_figure(files, pair, stores, verify) for pair in pairs)
+        figures = "".join(pair_figure(files, pair, stores, verify) for pair in pairs)
         html.append(
             f"<h3>{escape(name)} ({escape(summary['config']['eval_images'])})</h3>"
-            + _table(["count", "value"], [[key, counts.get(key, 0)] for key in _COUNTS])
-            + _classes_table(folder, _table)
+            + table(["count", "value"], [[key, counts.get(key, 0)] for key in _COUNTS])
+            + _classes_table(folder, table)
             + (figures or '<p class="note">no verified overlap</p>')
         )
     if not html:

@@ -30,8 +30,8 @@ import apache_beam as beam
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import CurateConfig
-from pipeline.curate import output_paths, store_folders
+from pipeline.curation.config import CurateConfig
+from pipeline.curation.curate import output_paths, store_folders
 from pipeline.runner import Counters, paths_under, run_pipeline, write_json
 from schemas.gldv2_csv import TRAIN_COLUMNS, parse_train_clean
 from schemas.overlap import (
@@ -599,7 +599,7 @@ def run_overlap(config: OverlapRunConfig, beam_args: list[str] | None = None) ->
             },
         },
     )
-    from pipeline.report import build_report
+    from pipeline.report.page import build_report
 
     build_report(config.output)
     return counts

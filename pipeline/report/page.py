@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.report_charts import grouped_bars, horizontal_bars
-from pipeline.report_data import (
+from pipeline.report.charts import grouped_bars, horizontal_bars
+from pipeline.report.data import (
     ClassCounts,
     ExamplePair,
     class_counts,
@@ -25,14 +25,15 @@ from pipeline.report_data import (
     rows_with_ids,
     size_bins,
 )
-from pipeline.report_images import draw_matches, thumbnail
+from pipeline.report.html import Files, pair_figure, table
+from pipeline.report.images import thumbnail
+from pipeline.report.overlap import overlap_section
 from schemas.tables import features_from_row
 from transforms.audit import KINDS
 from transforms.store import read_table, stream_batches
-from transforms.verify import VerifyConfig, inlier_matches
+from transforms.verify import VerifyConfig
 
 REPORT_NAME = "report.html"
-FILES_DIR = "report_files"
 _STATUS_COLOURS = {"kept": "#59a14f", "removed": "#f28e2b", "failed": "#e15759"}
 _NOISY_CLASSES_SHOWN = 3
 _THUMBS_PER_SIDE = 6
@@ -53,31 +54,6 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}
 .removed img{border:3px solid #f28e2b}figure.pair{margin:12px 0}figure.pair img{max-width:100%}
 .note{color:#666;font-size:13px}
 """
-
-
-def _table(headers: list[str], rows: list[list], left: int = 1) -> str:
-    """An HTML table; the first `left` columns are left-aligned (labels), the rest numbers."""
-
-    def cell(tag: str, i: int, value: object) -> str:
-        return f"<{tag}{' class=l' if i < left else ''}>{escape(str(value))}</{tag}>"
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>" if rows else '<p class="note">none</p>'
-
-
-class _Files:
-    """Writes the page's pictures under `<output>/report_files/` and returns their relative src."""
-
-    def __init__(self, output: str) -> None:
-        self._dir = FileSystems.join(output, FILES_DIR)
-        if not FileSystems.exists(self._dir):
-            FileSystems.mkdirs(self._dir)
-
-    def write(self, name: str, data: bytes) -> str:
-        with FileSystems.create(FileSystems.join(self._dir, name)) as handle:
-            handle.write(data)
-        return f"{FILES_DIR}/{name}"
 
 
 def _counts_section(counts: dict) -> str:
@@ -138,12 +114,12 @@ def _ranked_section(ranked: list[ClassCounts]) -> str:
         [c.landmark_id, c.total, c.kept, c.removed, c.failed, f"{c.removal_rate:.0%}", c.reasons.most_common(1)[0][0]]
         for c in ranked
     ]
-    return "<h2>Classes ranked by removal rate</h2>" + _table(
+    return "<h2>Classes ranked by removal rate</h2>" + table(
         ["landmark_id", "rows", "kept", "removed", "failed", "removed / verifiable", "main reason"], rows
     )
 
 
-def _thumbs(files: _Files, jpegs: dict[str, bytes], items: list[tuple[str, str, str]]) -> str:
+def _thumbs(files: Files, jpegs: dict[str, bytes], items: list[tuple[str, str, str]]) -> str:
     """Figures for (id, css class, caption) items whose image is stored."""
     figures = []
     for image_id, css, caption in items:
@@ -154,22 +130,6 @@ def _thumbs(files: _Files, jpegs: dict[str, bytes], items: list[tuple[str, str, 
                 f"<figcaption>{escape(image_id)}<br>{escape(caption)}</figcaption></figure>"
             )
     return '<div class="thumbs">' + "".join(figures) + "</div>"
-
-
-def _pair_figure(files: _Files, pair: ExamplePair, stores: dict, verify: VerifyConfig) -> str:
-    jpegs, features = stores["jpegs"], stores["features"]
-    if not all(i in jpegs and i in features for i in (pair.id_a, pair.id_b)):
-        return ""
-    points_a, points_b = inlier_matches(features[pair.id_a], features[pair.id_b], verify)
-    src = files.write(
-        f"pair-{pair.id_a}-{pair.id_b}.jpg", draw_matches(jpegs[pair.id_a], jpegs[pair.id_b], points_a, points_b)
-    )
-    side_b = f"class {pair.landmark_b}" if pair.landmark_b >= 0 else "evaluation image"
-    caption = f"{pair.caption}: {pair.id_a} (class {pair.landmark_a}) vs {pair.id_b} ({side_b}), {pair.inliers} inliers"
-    return (
-        f'<figure class="pair"><img src="{escape(src)}" alt="{escape(caption)}">'
-        f"<figcaption>{escape(caption)}</figcaption></figure>"
-    )
 
 
 def _finding_rows(findings: dict[str, list]) -> list[tuple]:
@@ -195,18 +155,18 @@ def _audit_section(findings: dict[str, list]) -> str:
     summary = [[kind, len(by_kind.get(kind, []))] for kind in KINDS]
     return (
         "<h2>Label-noise audit (audit.parquet)</h2>"
-        + _table(["finding", "count"], summary)
+        + table(["finding", "count"], summary)
         + "<h3>Class pairs with images that verify across classes</h3>"
         + '<p class="note">Likely mislabeled images, or two ids for one landmark.</p>'
-        + _table(["landmark_a", "landmark_b", "matching pairs", "best inliers"], pair_rows[:_TABLE_ROWS], left=0)
+        + table(["landmark_a", "landmark_b", "matching pairs", "best inliers"], pair_rows[:_TABLE_ROWS], left=0)
         + "<h3>Duplicates across classes</h3>"
-        + _table(
+        + table(
             ["kind", "landmark_a", "id_a", "landmark_b", "id_b", "score", "detail"],
             [list(r) for r in duplicates[:_TABLE_ROWS]],
         )
         + "<h3>Classes that split into several large components</h3>"
         + '<p class="note">Possibly several landmarks under one id.</p>'
-        + _table(
+        + table(
             ["landmark_id", "large components", "detail"], [[r[1], r[5], r[6]] for r in splits[:_TABLE_ROWS]], left=0
         )
     )
@@ -252,10 +212,8 @@ def _rule(config: dict) -> str:
     )
 
 
-def _overlap_html(output: str, run: dict, files: _Files, verify: VerifyConfig) -> str:
-    """The `gld overlap` section (`pipeline.report_overlap`; imported here, it imports this)."""
-    from pipeline.report_overlap import overlap_section
-
+def _overlap_html(output: str, run: dict, files: Files, verify: VerifyConfig) -> str:
+    """The `gld overlap` section (`pipeline.report.overlap`)."""
     return overlap_section(output, run, files, verify)
 
 
@@ -279,14 +237,14 @@ def build_report(output: str) -> str:
     jpegs = {i: r["jpeg"] for i, r in rows_with_ids(run["outputs"]["images"], thumb_ids | pair_ids, ["jpeg"]).items()}
     stored = rows_with_ids(run["outputs"]["features"], pair_ids, _FEATURE_COLUMNS)
     stores = {"jpegs": jpegs, "features": {i: features_from_row(r) for i, r in stored.items()}}
-    files = _Files(output)
+    files = Files(output)
     verify = VerifyConfig(**config["verify"])
     noisy_html = "".join(
         f"<h3>Class {c.landmark_id}: kept {c.kept}, removed {c.removed} ({c.removal_rate:.0%})</h3>"
         + _thumbs(files, jpegs, shown[c.landmark_id])
         for c in noisy
     )
-    pairs_html = "".join(_pair_figure(files, p, stores, verify) for p in examples)
+    pairs_html = "".join(pair_figure(files, p, stores, verify) for p in examples)
     html = (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>gld curate report</title>"
         f"<style>{_CSS}</style></head><body><h1>gld curate report</h1>"

@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipeline.evaluate import EvaluateConfig, run_evaluation
-from pipeline.metrics import retrieval_scores
-from pipeline.tfrecords import TRAIN, VALIDATION, ExportConfig, run_export, split_class
-from pipeline.train import TrainConfig, run_training
+from pipeline.baselines.evaluate import EvaluateConfig, run_evaluation
+from pipeline.baselines.metrics import retrieval_scores
+from pipeline.baselines.tfrecords import TRAIN, VALIDATION, ExportConfig, run_export, split_class
+from pipeline.baselines.train import TrainConfig, run_training
 from schemas.gldv2_csv import parse_train_clean
 from schemas.tables import IMAGES_SCHEMA
 from transforms.image_store import part_files, read_rows, write_part

@@ -13,11 +13,16 @@ TensorFlow is imported by this module only, so that SIFT runs never load it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from transforms.features import FeatureArrays, FeatureConfig, compact_descriptors
+from transforms.extractors.base import FeatureArrays, compact_descriptors
+
+if TYPE_CHECKING:  # annotations only
+    from transforms.extractors.config import FeatureConfig
 
 SIGNATURE = "default"
 

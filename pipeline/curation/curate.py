@@ -18,9 +18,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import CurateConfig
-from pipeline.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
-from pipeline.report import build_report
+from pipeline.curation.config import CurateConfig
+from pipeline.curation.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
+from pipeline.report.page import build_report
 from pipeline.runner import (
     Counters,
     busy_seconds,

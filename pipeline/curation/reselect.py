@@ -14,8 +14,15 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import PRESETS, CurateConfig
-from pipeline.curate import SELECTION_TABLES, build_selection, clear_tables, finish_run, merge_counters, output_paths
+from pipeline.curation.config import PRESETS, CurateConfig
+from pipeline.curation.curate import (
+    SELECTION_TABLES,
+    build_selection,
+    clear_tables,
+    finish_run,
+    merge_counters,
+    output_paths,
+)
 from pipeline.runner import Counters, run_pipeline
 from transforms.audit import KINDS
 from transforms.select import SelectConfig

@@ -37,10 +37,11 @@ def _configure_logging() -> None:
 
 _configure_logging()
 
-from pipeline.baseline_cli import BASELINE_COMMANDS, demo_baselines  # noqa: E402
-from pipeline.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
-from pipeline.overlap_cli import overlap_main  # noqa: E402
-from transforms.features import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, EXTRACTORS  # noqa: E402
+from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
+from pipeline.cli.overlap import overlap_main  # noqa: E402
+from pipeline.curation.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+from transforms.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE  # noqa: E402
+from transforms.extractors.registry import EXTRACTORS  # noqa: E402
 from transforms.verify import MATCHERS  # noqa: E402
 
 
@@ -233,7 +234,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _dry_run(config: CurateConfig, beam_args: list[str]) -> int:
-    from pipeline.plan import plan_curation
+    from pipeline.curation.plan import plan_curation
 
     plan = plan_curation(config, beam_args)
     if plan["job_wide_accelerator"]:
@@ -253,7 +254,7 @@ def _dry_run(config: CurateConfig, beam_args: list[str]) -> int:
 
 
 def curate_main(argv: list[str]) -> int:
-    from pipeline.curate import run_curation
+    from pipeline.curation.curate import run_curation
 
     args, beam_args = _curate_parser().parse_known_args(argv)
     overrides = overrides_from(args)
@@ -277,7 +278,7 @@ def curate_main(argv: list[str]) -> int:
 
 
 def ingest_main(argv: list[str]) -> int:
-    from pipeline.ingest import run_ingest
+    from pipeline.curation.ingest import run_ingest
 
     args, beam_args = _ingest_parser().parse_known_args(argv)
     try:
@@ -293,7 +294,7 @@ def ingest_main(argv: list[str]) -> int:
 
 
 def demo_main(argv: list[str]) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.demo.run import run_demo
 
     parser = argparse.ArgumentParser(prog="gld demo", description="Offline demo with ground truth.")
     parser.add_argument("--output", default="demo-output", help="folder for the data and the curated outputs")
@@ -332,7 +333,7 @@ def demo_main(argv: list[str]) -> int:
 
 
 def select_main(argv: list[str]) -> int:
-    from pipeline.reselect import run_reselection
+    from pipeline.curation.reselect import run_reselection
 
     parser = argparse.ArgumentParser(
         prog="gld select",
@@ -358,7 +359,7 @@ def select_main(argv: list[str]) -> int:
 
 
 def compare_main(argv: list[str]) -> int:
-    from pipeline.compare import agreement, class_disagreements, format_table, read_split
+    from pipeline.curation.compare import agreement, class_disagreements, format_table, read_split
 
     parser = argparse.ArgumentParser(
         prog="gld compare",
@@ -381,7 +382,7 @@ def compare_main(argv: list[str]) -> int:
 
 
 def audit_main(argv: list[str]) -> int:
-    from pipeline.report import build_report
+    from pipeline.report.page import build_report
 
     parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
     parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
@@ -392,6 +393,21 @@ def audit_main(argv: list[str]) -> int:
         print(f"gld audit: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"report": path}))
+    return 0
+
+
+def make_tiny_delf_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gld make-tiny-delf",
+        description="Write a tiny SavedModel with DELF's serving signature (simple real local features), "
+        "for `gld curate --extractor delf --delf-model DIR` without DELF's weights.",
+    )
+    parser.add_argument("dir", help="folder to write the SavedModel to")
+    args = parser.parse_args(argv)
+    # imported here: TensorFlow takes seconds to import
+    from transforms.extractors.tiny_delf import build_tiny_delf
+
+    print(build_tiny_delf(args.dir))
     return 0
 
 
@@ -426,6 +442,7 @@ COMMANDS = {
     "compare": compare_main,
     "audit": audit_main,
     "select": select_main,
+    "make-tiny-delf": make_tiny_delf_main,
 }
 COMMANDS.update(BASELINE_COMMANDS)
 COMMANDS["overlap"] = overlap_main

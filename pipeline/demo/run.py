@@ -9,10 +9,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.config import build_config
-from pipeline.curate import output_paths, run_curation
-from pipeline.demo_data import DemoConfig, generate_demo, read_truth
-from pipeline.serve import serve_folder
+from pipeline.curation.config import build_config
+from pipeline.curation.curate import output_paths, run_curation
+from pipeline.demo.data import DemoConfig, generate_demo, read_truth
+from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import parse_train_clean
 from transforms.store import read_table
 

@@ -1,0 +1,195 @@
+"""The package's import graph: no cycle, and every import points down the declared layers.
+
+Every `.py` under `pipeline/`, `transforms/` and `schemas/` is parsed (not imported); every
+`import` statement counts, those inside functions included, so a lazy import cannot hide a cycle
+or an upward dependency. Imports under `if TYPE_CHECKING:` (annotations only) do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("schemas", "transforms", "pipeline")
+
+#: Lowest first. A module belongs to the longest prefix that names it; it may import modules of
+#: its own unit and of lower layers only.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("schemas",),
+    ("transforms",),
+    ("pipeline.runner",),
+    ("pipeline.curation", "pipeline.baselines", "pipeline.report", "pipeline.demo"),
+    ("pipeline.cli",),
+)
+
+#: The documented seams between sibling units (see each subpackage's docstring): importer -> imported.
+SEAMS = {
+    ("pipeline.curation.curate", "pipeline.report.page"),  # report.html at the end of a curation
+    ("pipeline.curation.overlap", "pipeline.report.page"),  # report.html after gld overlap
+    ("pipeline.demo.run", "pipeline.curation.config"),  # gld demo runs a curation
+    ("pipeline.demo.run", "pipeline.curation.curate"),
+}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def _imported(node: ast.AST, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The project modules one import statement loads."""
+    found = set()
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            anchor = module.split(".") if is_package else module.split(".")[:-1]
+            anchor = anchor[: len(anchor) - (node.level - 1)]
+            base = ".".join([*anchor, base] if base else anchor)
+        names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+    else:
+        return found
+    for name in names:
+        while name and name not in modules:  # `import a.b.c` of a name inside a module: its module
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+    return found
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` but those under `if TYPE_CHECKING:` (annotations only, never run)."""
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if _is_type_checking(node):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (anywhere in its body)."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        edges = set()
+        for node in _runtime_nodes(tree):
+            edges |= _imported(node, name, is_package, set(modules))
+        graph[name] = edges - {name}
+    return graph
+
+
+def _unit(module: str) -> tuple[int, str] | None:
+    """(layer, unit prefix) of a module; None for the `pipeline` package itself."""
+    best = None
+    for level, units in enumerate(LAYERS):
+        for unit in units:
+            if (module == unit or module.startswith(unit + ".")) and (best is None or len(unit) > len(best[1])):
+                best = (level, unit)
+    return best
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph.get(node, ())):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that point up the layers, or across to a sibling unit outside the seams."""
+    bad = []
+    for module, targets in sorted(graph.items()):
+        source = _unit(module)
+        for target in sorted(targets):
+            dest = _unit(target)
+            if source is None or dest is None or source[1] == dest[1] or dest[0] < source[0]:
+                continue
+            if (module, target) not in SEAMS:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_graph_sees_function_level_imports():
+    graph = import_graph()
+    assert "pipeline.curation.curate" in graph["pipeline.cli.main"]  # imported inside curate_main
+    assert "pipeline.runner" in graph["pipeline.curation.curate"]
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in import_graph() if _unit(m) is None] == ["pipeline"]
+
+
+def test_no_import_cycle():
+    assert find_cycles(import_graph()) == []
+
+
+def test_imports_point_down_the_layers():
+    assert upward_imports(import_graph()) == []
+
+
+def test_every_seam_is_used():
+    graph = import_graph()
+    assert [seam for seam in sorted(SEAMS) if seam[1] not in graph.get(seam[0], set())] == []
+
+
+def test_lazy_imports_count_and_type_checking_imports_do_not():
+    graph = import_graph()
+    assert "transforms.extractors.delf" in graph["transforms.extractors.registry"]  # inside a function
+    assert "transforms.extractors.config" not in graph["transforms.extractors.sift"]  # annotations only
+
+
+def test_checks_catch_a_cycle_and_an_upward_import():
+    graph = {"transforms.a": {"transforms.b"}, "transforms.b": {"transforms.a", "pipeline.runner"}}
+    assert find_cycles(graph) == [["transforms.a", "transforms.b"]]
+    assert upward_imports(graph) == ["transforms.b -> pipeline.runner"]
+    assert upward_imports({"pipeline.report.page": {"pipeline.curation.config"}}) == [
+        "pipeline.report.page -> pipeline.curation.config"
+    ]
