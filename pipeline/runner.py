@@ -39,6 +39,21 @@ def local_runner_args(beam_args: list[str]) -> list[str]:
     return ["--runner=FnApiRunner", "--direct_running_mode=multi_threading", *workers, *beam_args]
 
 
+#: Runners whose DoFns run in this process, where the progress line reaches the user's terminal.
+_IN_PROCESS_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+def shows_progress(runner_args: list[str], wanted: bool) -> bool:
+    """Whether this process prints the progress line: only when `wanted` (no `--no-progress`)
+    and the DoFns run here (an in-process runner, or a portable one with LOOPBACK workers). A
+    remote worker never prints it: its process never runs `run_pipeline`, and the module's
+    default is off."""
+    options = PipelineOptions(runner_args).get_all_options(retain_unknown_options=True)
+    runner = str(options.get("runner") or "")
+    loopback = str(options.get("environment_type") or "").upper() == "LOOPBACK"
+    return wanted and (runner.split(".")[-1] in _IN_PROCESS_RUNNERS or loopback)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -72,9 +87,10 @@ def run_pipeline(
     build: Callable[[beam.Pipeline], object], beam_args: list[str] | None, show_progress: bool
 ) -> tuple[Counters, float]:
     """Build with `build(pipeline)`, run to completion; returns (counters, wall seconds)."""
-    progress.set_enabled(show_progress)
+    runner_args = local_runner_args(list(beam_args or []))
+    progress.set_enabled(shows_progress(runner_args, show_progress))
     disable_time_based_flush()
-    options = PipelineOptions(local_runner_args(list(beam_args or [])), save_main_session=False)
+    options = PipelineOptions(runner_args, save_main_session=False)
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     build(pipeline)

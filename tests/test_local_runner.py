@@ -38,7 +38,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.worker import data_plane
 
-from pipeline.runner import disable_time_based_flush, local_runner_args
+from pipeline.runner import disable_time_based_flush, local_runner_args, shows_progress
 
 REPRO = pytest.mark.skipif(not os.environ.get("GLD_REPRO"), reason="Beam 2.77 bug demonstration (GLD_REPRO=1)")
 
@@ -168,3 +168,24 @@ def test_pipeline_shape_keeps_every_element_without_time_based_flush() -> None:
     for _ in range(12):
         rows = run_shape(local_runner_args([]), n, size)
         assert len(rows) == n and all(ok for _, ok, _, _ in rows), [r for r in rows if not r[1]]
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted", "shown"),
+    [
+        ([], True, True),
+        ([], False, False),
+        (["--runner=DataflowRunner", "--project=p", "--region=r"], True, False),
+        (["--runner", "SparkRunner", "--environment_type", "LOOPBACK"], True, True),
+        (["--runner=FlinkRunner", "--environment_type=DOCKER"], True, False),
+    ],
+)
+def test_progress_line_only_where_the_dofns_run_here(args: list[str], wanted: bool, shown: bool) -> None:
+    assert shows_progress(local_runner_args(args), wanted) is shown
+
+
+def test_a_worker_process_prints_no_progress_line() -> None:
+    # a remote worker imports the module afresh and never runs `run_pipeline`
+    code = "from transforms.progress import tick; tick('features', 'ok'); tick('features', 'ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "[gld] progress" not in done.stderr

@@ -15,11 +15,14 @@ from apache_beam.metrics import Metrics
 
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
-_state = {"last": 0.0, "enabled": True}
+# Off unless the launching process turns it on (`pipeline.runner.run_pipeline`): a remote worker
+# imports this module afresh and must not print a line per few seconds into its logs.
+_state = {"last": 0.0, "enabled": False}
 _INTERVAL_S = 5.0
 
 
 def set_enabled(enabled: bool) -> None:
+    """Turn the local progress line on or off for this process (counters are always kept)."""
     _state["enabled"] = enabled
 
 
