@@ -24,6 +24,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.cli.main import main
 from pipeline.curation.config import build_config
 from pipeline.curation.curate import build_curation
+from pipeline.curation.preflight import preflight
 from pipeline.demo.data import _texture
 from schemas.records import Failure, LocalFeatures
 from schemas.tables import features_from_row
@@ -247,7 +248,8 @@ def test_gpu_hint_is_on_the_feature_step_and_nowhere_else(tmp_path) -> None:
     def hinted(accelerator: str | None) -> dict[str, dict]:
         overrides = {"features": {"extractor": "delf", **({"gpu_accelerator": accelerator} if accelerator else {})}}
         pipeline = beam.Pipeline()
-        build_curation(pipeline, build_config(str(manifest), str(tmp_path / "out"), overrides=overrides))
+        config = build_config(str(manifest), str(tmp_path / "out"), overrides=overrides)
+        build_curation(pipeline, config, preflight(config))
         return {s.full_label: s.resource_hints for s in _steps(pipeline) if s.resource_hints}
 
     assert hinted(None) == {}

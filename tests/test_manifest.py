@@ -179,7 +179,7 @@ def _failure_key(failure: Failure) -> tuple[int, str, int | None, str, str]:
 def test_read_manifest_pipeline(tmp_path: Path) -> None:
     path = _write(tmp_path, MANIFEST)
     pipeline = _pipeline()
-    rows, failures = pipeline | ReadManifest(ManifestConfig(path))
+    rows, failures = pipeline | ReadManifest(ManifestConfig(path, read_header(path)))
     assert_that(rows, equal_to(EXPECTED_ROWS), label="Rows")
     assert_that(failures | "Key" >> beam.Map(_failure_key), equal_to(EXPECTED_FAILURES), label="Failures")
     result = pipeline.run()
@@ -194,4 +194,4 @@ def test_read_manifest_fails_fast_on_a_bad_header(tmp_path: Path) -> None:
     path = _write(tmp_path, b"image,url,label\nabc,u,1\n")
     pipeline = _pipeline()
     with pytest.raises(ValueError, match="lacks column"):
-        _ = pipeline | ReadManifest(ManifestConfig(path))
+        _ = pipeline | ReadManifest(ManifestConfig(path, read_header(path)))

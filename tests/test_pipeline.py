@@ -10,6 +10,7 @@ import pytest
 from pipeline.cli.main import _curate_parser, main, overrides_from
 from pipeline.curation.config import build_config
 from pipeline.curation.curate import build_curation, build_selection
+from pipeline.curation.preflight import preflight
 from pipeline.runner import local_runner_args
 
 
@@ -61,7 +62,7 @@ def test_graph_has_one_composite_per_stage(tmp_path) -> None:
     manifest.write_text("id,url,landmark_id\n0123456789abcdef,http://127.0.0.1/x.jpg,1\n")
     pipeline = beam.Pipeline()
     config = build_config(str(manifest), str(tmp_path / "out"))
-    outputs = build_curation(pipeline, config)
+    outputs = build_curation(pipeline, config, preflight(config))
     outputs |= build_selection(pipeline, config)  # the second job: finds its inputs when it runs
     assert set(outputs) == {"rows", "features", "pairs", "decisions", "failures"}
     top = {t.full_label for t in pipeline.transforms_stack[0].parts}

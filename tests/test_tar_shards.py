@@ -23,6 +23,7 @@ from transforms.tar_shards import (
     match_row,
     member_problem,
     read_shard,
+    shards_or_fail,
 )
 
 RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -203,7 +204,7 @@ def test_fetch_from_tars_gives_each_row_one_outcome(tmp_path: Path) -> None:
 
 def test_fetch_from_an_empty_folder_fails_when_built(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no images_"), BeamTestPipeline(argv=RUNNER_ARGS) as pipeline:
-        _ = pipeline | beam.Create([ROW]) | FetchFromTars(str(tmp_path), 1000)
+        _ = pipeline | beam.Create([ROW]) | FetchFromTars(str(tmp_path), 1000, shards_or_fail(str(tmp_path)))
 
 
 def test_an_unreadable_shard_is_reported_not_raised(tmp_path: Path) -> None:

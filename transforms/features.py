@@ -154,6 +154,18 @@ def _failure_or_extracted(extracted: Extracted) -> Extracted | Failure:
     return extracted.result if isinstance(extracted.result, Failure) else extracted
 
 
+def check_model(config: FeatureConfig) -> None:
+    """Raise ValueError when the DELF model or ALIKED's weights that `config` needs are missing:
+    run before the graph is built, to fail at submission, not on every worker after the images
+    were fetched."""
+    model = config.delf_model
+    is_path = not model.startswith(("http://", "https://"))
+    if config.extractor == "delf" and is_path and not FileSystems.exists(model):
+        raise ValueError(f"DELF model {model!r} does not exist")
+    if config.extractor == "aliked":
+        learned_module().check_weights(config.aliked_model)
+
+
 class ExtractFeatures(beam.PTransform):
     """DecodedImage or ImageRef PCollection -> (features, Failure PCollection).
 
@@ -162,27 +174,16 @@ class ExtractFeatures(beam.PTransform):
     features come out as LocalFeatures records. With `store` (a folder), they are written
     there as they are made, one feature set per row group, and what comes out is one
     FeatureRef per image: the heavy arrays never leave the step that made them.
-    `check_model=False` skips the existence check of the DELF model or ALIKED's weights (a
-    plan built offline).
+    The DELF model and ALIKED's weights are checked before the graph is built (`check_model`).
     """
 
-    def __init__(
-        self, config: FeatureConfig, check_model: bool = True, store: str = "", parts: StoreConfig | None = None
-    ) -> None:
+    def __init__(self, config: FeatureConfig, store: str = "", parts: StoreConfig | None = None) -> None:
         super().__init__()
         self._config = config
-        self._check_model = check_model
         self._store = store
         self._parts = parts or StoreConfig()
 
     def expand(self, images: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        model = self._config.delf_model
-        # fail at submission, not on every worker after the images were fetched
-        is_path = not model.startswith(("http://", "https://"))
-        if self._check_model and self._config.extractor == "delf" and is_path and not FileSystems.exists(model):
-            raise ValueError(f"DELF model {model!r} does not exist")
-        if self._check_model and self._config.extractor == "aliked":
-            learned_module().check_weights(self._config.aliked_model)
         inference = RunInference(ExtractorModelHandler(self._config))
         if self._config.gpu_accelerator:
             inference = inference.with_resource_hints(accelerator=self._config.gpu_accelerator)

@@ -10,7 +10,7 @@ the stored JPEG bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import apache_beam as beam
@@ -38,21 +38,19 @@ from transforms.image_store import (
     readable_rows,
 )
 from transforms.progress import tick
-from transforms.tar_shards import FetchFromTars
+from transforms.tar_shards import FetchFromTars, shards_or_fail
 
 STAGE = "ingest"
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """`store`: the run's `--output` (images and the failure log live under it).
-    `plan_only`: build the graph without touching the store or listing shards (dry runs)."""
+    """`store`: the run's `--output` (images and the failure log live under it)."""
 
     store: str
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     parts: StoreConfig = field(default_factory=StoreConfig)
-    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.store:
@@ -61,6 +59,35 @@ class IngestConfig:
     def fingerprint(self) -> dict:
         """What decides the stored bytes of an image; a store only mixes runs that agree on it."""
         return {"decode": asdict(self.decode)}
+
+
+@dataclass(frozen=True)
+class StoreListing:
+    """What `Ingest` needs to know of the store and the tar shards, found before the graph is
+    built (`list_store`): the committed image parts, the (attempt number, part) of every
+    earlier failure log, the folder this run logs to, and the shards (None: listed when the
+    job runs)."""
+
+    stored: tuple[str, ...] = ()
+    logged: tuple[tuple[int, str], ...] = ()
+    log_dir: str = ""
+    shards: tuple[str, ...] | None = None
+
+    @classmethod
+    def offline(cls, store: str) -> StoreListing:
+        """A listing that read nothing (dry runs): a fresh store, shards listed when the job runs."""
+        return cls(log_dir=FileSystems.join(store, FAILURES_DIR, "attempt-NNNN"))
+
+
+def list_store(config: IngestConfig) -> StoreListing:
+    """Check the store's fingerprint (recorded on first use) and list what `Ingest` reads: the
+    store's image parts and failure logs, and the tar shards (ValueError when there is none)."""
+    check_fingerprint(config.store, config.fingerprint())
+    stored, logged = part_files(FileSystems.join(config.store, IMAGES_DIR)), attempt_dirs(config.store)
+    log_dir = next_attempt_dir(config.store)
+    logged_parts = [(number, path) for number, folder in logged for path in part_files(folder)]
+    shards = tuple(shards_or_fail(config.fetch.tar_dir)) if config.fetch.tar_dir else None
+    return StoreListing(tuple(stored), tuple(logged_parts), log_dir, shards)
 
 
 #: What the resume join reads of a stored image: everything but its JPEG.
@@ -120,10 +147,10 @@ def read_logged(numbered: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dic
 class _Resume(beam.PTransform):
     """rows -> (rows to fetch, ImageRefs of reused images, Failures logged by earlier runs)."""
 
-    def __init__(self, images: list[str], logged: list[tuple[int, str]], retry_failed: bool) -> None:
+    def __init__(self, images: Sequence[str], logged: Sequence[tuple[int, str]], retry_failed: bool) -> None:
         super().__init__()
-        self._images = images
-        self._logged = logged
+        self._images = list(images)
+        self._logged = list(logged)
         self._retry_failed = retry_failed
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
@@ -166,31 +193,25 @@ class Ingest(beam.PTransform):
     reading tars, `shard_reports` (ShardReport).
 
     A fresh run has no resume join and no flattening with empty inputs: the graph only has
-    the branches that carry data."""
+    the branches that carry data. `listing` is what `list_store` found before the graph was
+    built: nothing is read while it is built."""
 
-    def __init__(self, config: IngestConfig) -> None:
+    def __init__(self, config: IngestConfig, listing: StoreListing) -> None:
         super().__init__()
         self._config = config
+        self._listing = listing
 
     def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
-        config = self._config
+        config, listing = self._config, self._listing
         images_dir = FileSystems.join(config.store, IMAGES_DIR)
-        if config.plan_only:
-            stored, logged = [], []
-            log_dir = FileSystems.join(config.store, FAILURES_DIR, "attempt-NNNN")
-        else:
-            check_fingerprint(config.store, config.fingerprint())
-            stored, logged = part_files(images_dir), attempt_dirs(config.store)
-            log_dir = next_attempt_dir(config.store)
         to_fetch, outputs = rows, {}
-        resuming = bool(stored or logged)
+        resuming = bool(listing.stored or listing.logged)
         if resuming:
-            logged_parts = [(number, path) for number, folder in logged for path in part_files(folder)]
-            resume_join = _Resume(stored, logged_parts, config.fetch.retry_failed)
+            resume_join = _Resume(listing.stored, listing.logged, config.fetch.retry_failed)
             to_fetch, reused, logged_failures = rows | "Resume" >> resume_join
         if config.fetch.tar_dir:
             fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "FetchFromTars" >> FetchFromTars(
-                config.fetch.tar_dir, config.fetch.max_bytes, list_now=not config.plan_only
+                config.fetch.tar_dir, config.fetch.max_bytes, listing.shards
             )
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
@@ -200,7 +221,7 @@ class Ingest(beam.PTransform):
         )
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
         new_failures | "LogFailures" >> WriteStoreParts(
-            log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, replace(config.parts, indexed=False)
+            listing.log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, replace(config.parts, indexed=False)
         )
         images, failures = stored_now, new_failures
         if resuming:

@@ -24,15 +24,17 @@ STAGE = Stage.MANIFEST.value
 
 @dataclass(frozen=True)
 class ManifestConfig:
-    """`columns`: the header's columns when already known (a plan that must not open the
-    file); None reads and checks the header when the pipeline is built."""
+    """`columns`: the header's columns, read and checked before the graph is built
+    (`read_header`), or known (a plan that must not open the file)."""
 
     path: str
-    columns: tuple[str, ...] | None = None
+    columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("a manifest path is required")
+        if not self.columns:
+            raise ValueError("the manifest's columns are required (read_header)")
 
 
 def read_header(path: str) -> tuple[str, ...]:
@@ -93,7 +95,7 @@ class ReadManifest(beam.PTransform):
         self._config = config
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
-        columns = self._config.columns or read_header(self._config.path)
+        columns = self._config.columns
         parsed = (
             pbegin
             | "Path" >> beam.Create([self._config.path])

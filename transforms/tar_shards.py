@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -189,7 +189,7 @@ def match_row(image_id: str, grouped: dict[str, Iterable]) -> Iterator[FetchedIm
             yield Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, detail, row.url)
 
 
-def _shards_or_fail(tar_dir: str) -> list[str]:
+def shards_or_fail(tar_dir: str) -> list[str]:
     shards = list_shards(tar_dir)
     if not shards:
         raise ValueError(f"no images_*.tar shards under {tar_dir}")
@@ -206,23 +206,23 @@ def _split(item: TarItem | ShardReport) -> Iterator[object]:
 class FetchFromTars(beam.PTransform):
     """ManifestRow PCollection -> (FetchedImage PCollection, Failure PCollection, ShardReport PCollection).
 
-    Shards are listed when the pipeline is built (a missing or empty `tar_dir` is an error
-    then, not millions of failures later; `list_now=False` lists them when the job runs, for
-    plans built offline); each shard is read by one worker, streaming.
+    `shards`: the shards, listed before the graph is built (`shards_or_fail`: a missing or empty
+    `tar_dir` is an error then, not millions of failures later); None lists them when the job
+    runs, for plans built offline. Each shard is read by one worker, streaming.
     """
 
-    def __init__(self, tar_dir: str, max_bytes: int, list_now: bool = True) -> None:
+    def __init__(self, tar_dir: str, max_bytes: int, shards: Sequence[str] | None = None) -> None:
         super().__init__()
         self._tar_dir = tar_dir
         self._max_bytes = max_bytes
-        self._list_now = list_now
+        self._shards = None if shards is None else list(shards)
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
-        if self._list_now:
-            shards = rows.pipeline | "Shards" >> beam.Create(_shards_or_fail(self._tar_dir))
+        if self._shards is not None:
+            shards = rows.pipeline | "Shards" >> beam.Create(self._shards)
         else:
             folder = rows.pipeline | "TarDir" >> beam.Create([self._tar_dir])
-            shards = folder | "Shards" >> beam.FlatMap(_shards_or_fail)
+            shards = folder | "Shards" >> beam.FlatMap(shards_or_fail)
         items = (
             shards
             | "SpreadShards" >> beam.Reshuffle()

@@ -316,9 +316,8 @@ class VerifyPairs(beam.PTransform):
     Blocks are spread over workers first (one class can make thousands). With `store`, each
     result is committed to the verified-pair store as it is made, and emitted once it is
     there, so a re-run (or a killed run's successor) reuses it. With the `lightglue` matcher,
-    `accelerator` (a Beam accelerator resource hint) is put on the matching step alone, and
-    LightGlue's weights must be installed (`check_model=False` skips that check: a plan built
-    offline)."""
+    `accelerator` (a Beam accelerator resource hint) is put on the matching step alone (LightGlue's
+    weights are checked before the graph is built)."""
 
     def __init__(
         self,
@@ -326,19 +325,14 @@ class VerifyPairs(beam.PTransform):
         store: str = "",
         parts: StoreConfig | None = None,
         accelerator: str = "",
-        check_model: bool = True,
     ) -> None:
         super().__init__()
         self._config = config
         self._store = store
         self._parts = parts or StoreConfig()
         self._accelerator = accelerator
-        self._check_model = check_model
 
     def expand(self, blocks: beam.PCollection) -> beam.PCollection:
-        if self._check_model and self._config.matcher == "lightglue":
-            # fail at submission, not on every worker after the features were made
-            learned_module().check_weights(matcher=self._config.matcher)
         verify = beam.ParDo(_VerifyBlockFn(self._config))
         if self._accelerator and self._config.matcher == "lightglue":
             verify = verify.with_resource_hints(accelerator=self._accelerator)

@@ -86,8 +86,6 @@ class CurateConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     progress: bool = True
-    #: Build the graph only, touching no input or output (`gld curate --dry-run`).
-    plan_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.train_csv or not self.output:
@@ -114,7 +112,8 @@ class CurateConfig:
                 if isinstance(item, list):
                     fields[name] = tuple(item)  # JSON has no tuples
             stages[stage] = stage_cls(**fields)
-        top = {k: v for k, v in value.items() if k not in STAGE_CONFIGS}
+        # `plan_only`: written by versions before `preflight`, never true in a run.json
+        top = {k: v for k, v in value.items() if k not in STAGE_CONFIGS and k != "plan_only"}
         return cls(**top, **stages)
 
 

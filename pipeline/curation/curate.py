@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
 from pipeline.curation.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
+from pipeline.curation.preflight import Preflight, preflight
 from pipeline.report.page import build_report
 from pipeline.runner import (
     Counters,
@@ -29,7 +30,6 @@ from pipeline.runner import (
     versions,
     write_json,
 )
-from schemas.gldv2_csv import TRAIN_COLUMNS
 from schemas.records import ImageDecision
 from schemas.tables import (
     AUDIT_SCHEMA,
@@ -97,22 +97,21 @@ _AUDIT = (AUDIT_SCHEMA, finding_to_row, lambda r: (r["id_a"], r["id_b"], r["kind
 _MEMBERS = (MEMBERS_SCHEMA, member_to_row, lambda r: (r["id"], r["line"]))
 
 
-def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, beam.PCollection]:
+def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Preflight) -> dict[str, beam.PCollection]:
     """Wire the heavy half of the curation into `pipeline`: ingest, features, candidate pairs and
     their verification. It writes what selection reads (`pairs`, `members`, `failures`,
     `audit_candidates`); `build_selection` does the rest, in curate and in `gld select` alike.
+    `checked`: what `preflight` found (nothing is read while the graph is built).
 
     Image bytes and local features go to their stores and travel as references only."""
     out = output_paths(config.output)
     stores = store_folders(config)
-    columns = TRAIN_COLUMNS if config.plan_only else None
-    rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, columns))
-    images, ingest_failures = build_ingest(pipeline, rows, config)
+    manifest = ManifestConfig(config.train_csv, checked.columns)
+    rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(manifest)
+    images, ingest_failures = build_ingest(rows, config, checked.listing)
     reused, to_extract = images | "ReuseFeatures" >> ReuseStoredFeatures(stores["features"])
     # a feature set (4000 SIFT: ~1 MB) is ~8 images' JPEGs; a verified pair ~1/1000 of one
-    extract = ExtractFeatures(
-        config.features, check_model=not config.plan_only, store=stores["features"], parts=config.store.scaled(1 / 8)
-    )
+    extract = ExtractFeatures(config.features, store=stores["features"], parts=config.store.scaled(1 / 8))
     extracted, feature_failures = to_extract | "ExtractFeatures" >> extract
     features = (reused, extracted) | "AllFeatures" >> beam.Flatten()
     stored_pairs = pipeline | "ReadVerified" >> ReadStore(stores["verified"], VERIFIED_COLUMNS, "verify")
@@ -126,7 +125,6 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, b
         store=stores["verified"],
         parts=dataclasses.replace(config.store.scaled(64), indexed=False),
         accelerator=config.features.gpu_accelerator,
-        check_model=not config.plan_only,
     )
     pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()
@@ -249,7 +247,8 @@ def clear_tables(output: str, names: tuple[str, ...]) -> None:
 def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Run the heavy half, then selection, then write `run.json` and `ingest_stats.json`."""
     clear_tables(config.output, CURATION_TABLES + SELECTION_TABLES)
-    counters, heavy = run_pipeline(lambda p: build_curation(p, config), beam_args, config.progress)
+    checked = preflight(config)
+    counters, heavy = run_pipeline(lambda p: build_curation(p, config, checked), beam_args, config.progress)
     selection, select_wall = run_pipeline(lambda p: build_selection(p, config), beam_args, config.progress)
     seconds = {"wall": round(heavy + select_wall, 3), "select_wall": round(select_wall, 3)}
     return finish_run(config, merge_counters(counters, selection), seconds)

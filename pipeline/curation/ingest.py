@@ -9,6 +9,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.curation.config import CurateConfig
+from pipeline.curation.preflight import ingest_config, preflight
 from pipeline.runner import (
     Counters,
     busy_seconds,
@@ -18,7 +19,7 @@ from pipeline.runner import (
     write_json,
 )
 from schemas.tables import DUPLICATES_SCHEMA
-from transforms.ingest import Ingest, IngestConfig
+from transforms.ingest import Ingest, StoreListing
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.store import ParquetSpec, WriteSortedParquet, read_table, remove_table
 
@@ -40,14 +41,13 @@ def _write_shard_reports(reports: list, path: str) -> None:
 
 
 def build_ingest(
-    pipeline: beam.Pipeline, rows: beam.PCollection, config: CurateConfig
+    rows: beam.PCollection, config: CurateConfig, listing: StoreListing
 ) -> tuple[beam.PCollection, beam.PCollection]:
-    """Wire ingest for `rows`; returns (ImageRef, Failure) PCollections and writes the
-    duplicates table (and `tar_shards.json` when reading tars) as side outputs."""
+    """Wire ingest for `rows` (`listing`: what `preflight` found in the store); returns
+    (ImageRef, Failure) PCollections and writes the duplicates table (and `tar_shards.json`
+    when reading tars) as side outputs."""
     out = ingest_paths(config.output)
-    ingested = rows | "Ingest" >> Ingest(
-        IngestConfig(config.output, config.fetch, config.decode, config.store, plan_only=config.plan_only)
-    )
+    ingested = rows | "Ingest" >> Ingest(ingest_config(config), listing)
     ingested["duplicates"] | "WriteDuplicates" >> WriteSortedParquet(
         out["duplicates"], ParquetSpec(DUPLICATES_SCHEMA, dict, lambda r: (r["sha256"], r["id"]))
     )
@@ -108,12 +108,14 @@ def run_ingest(config: CurateConfig, beam_args: list[str] | None = None) -> dict
     """Ingest only (no features, no selection): fill the store under `config.output` and write
     `ingest_stats.json`; a later `gld curate` with the same `--output` reuses the store."""
 
-    def build(pipeline: beam.Pipeline) -> None:
-        rows, _ = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv))
-        build_ingest(pipeline, rows, config)
-
     out = ingest_paths(config.output)
     remove_table(out["duplicates"])
+    checked = preflight(config, models=False)
+
+    def build(pipeline: beam.Pipeline) -> None:
+        rows, _ = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, checked.columns))
+        build_ingest(rows, config, checked.listing)
+
     counters, wall = run_pipeline(build, beam_args, config.progress)
     stats = {**ingest_stats(counters, wall, out["duplicates"]), "config": config.to_json(), "versions": versions()}
     write_json(out["ingest_stats"], stats)

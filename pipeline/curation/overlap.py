@@ -46,10 +46,10 @@ from schemas.tables import decision_from_row, ingest_failure_from_row
 from schemas.vocabulary import Reason, Stage, Status
 from transforms.c2x import ExportRejectedSameClass
 from transforms.feature_store import ReuseStoredFeatures
-from transforms.features import ExtractFeatures
+from transforms.features import ExtractFeatures, check_model
 from transforms.fetch import FetchConfig
 from transforms.image_store import FINGERPRINT, IMAGES_DIR, ReadStore, attempt_dirs, part_files
-from transforms.ingest import INDEX_COLUMNS, Ingest, IngestConfig, read_logged
+from transforms.ingest import INDEX_COLUMNS, Ingest, IngestConfig, StoreListing, list_store, read_logged
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.overlap import FindOverlap, OverlapConfig
 from transforms.progress import tick
@@ -393,11 +393,29 @@ def _eval_id(item: ManifestRow | ImageRef) -> tuple[str, ManifestRow | ImageRef]
     return (item.row.id if isinstance(item, ImageRef) else item.id), item
 
 
+def eval_ingest(source: EvalSource, curation: CurateConfig) -> IngestConfig:
+    """How evaluation images from a manifest are ingested: into the curation's store."""
+    return IngestConfig(curation.output, source.fetch, curation.decode, curation.store)
+
+
+def overlap_preflight(source: EvalSource, curation: CurateConfig) -> StoreListing:
+    """The checks and listings of the overlap job, before its graph is built: the feature
+    model, then (evaluation images from a manifest) the store `Ingest` resumes from."""
+    check_model(curation.features)
+    return StoreListing() if source.kind == "store" else list_store(eval_ingest(source, curation))
+
+
 def _eval_images(
-    pipeline: beam.Pipeline, source: EvalSource, manifest: str, curation: CurateConfig, decisions: beam.PCollection
+    pipeline: beam.Pipeline,
+    source: EvalSource,
+    manifest: str,
+    curation: CurateConfig,
+    decisions: beam.PCollection,
+    listing: StoreListing,
 ) -> tuple[beam.PCollection, beam.PCollection]:
-    """(evaluation ImageRefs, Failures) from a store folder, or by ingesting the manifest;
-    evaluation ids that are also curation rows fail first."""
+    """(evaluation ImageRefs, Failures) from a store folder, or by ingesting the manifest
+    (`listing`: the store as `overlap_preflight` found it); evaluation ids that are also
+    curation rows fail first."""
     failures = []
     if source.kind == "store":
         stored = (
@@ -429,18 +447,22 @@ def _eval_images(
     failures.append(checked.failures)
     images = checked.rows
     if source.kind != "store":
-        config = IngestConfig(curation.output, source.fetch, curation.decode, curation.store)
-        ingested = images | "IngestEval" >> Ingest(config)
+        ingested = images | "IngestEval" >> Ingest(eval_ingest(source, curation), listing)
         images = ingested["images"]
         failures.append(ingested["failures"])
     return images, tuple(failures) | "EvalFailures" >> beam.Flatten()
 
 
 def build_overlap(
-    pipeline: beam.Pipeline, config: OverlapRunConfig, curation: CurateConfig, source: EvalSource
+    pipeline: beam.Pipeline,
+    config: OverlapRunConfig,
+    curation: CurateConfig,
+    source: EvalSource,
+    listing: StoreListing,
 ) -> dict[str, beam.PCollection]:
     """Wire the overlap job: the curation's split members and the evaluation images as feature
-    references, `FindOverlap`, and the tables of `OVERLAP_OUTPUTS`. Reads nothing while built."""
+    references, `FindOverlap`, and the tables of `OVERLAP_OUTPUTS`. Reads nothing while built
+    (`listing`: what `overlap_preflight` found)."""
     out, curated = overlap_paths(config), output_paths(curation.output)
     settings = overlap_settings(config, curation)
     decisions = (
@@ -465,7 +487,7 @@ def build_overlap(
     )
     train, train_failures = _features("Train", train_images, curation)
     train_failures | "CountTrainFailures" >> beam.Map(lambda f: tick(STAGE, f"train_{f.reason.value}"))
-    eval_images, eval_failures = _eval_images(pipeline, source, out["eval_manifest"], curation, decisions)
+    eval_images, eval_failures = _eval_images(pipeline, source, out["eval_manifest"], curation, decisions, listing)
     evals, feature_failures = _features("Eval", eval_images, curation)
     outcomes = (
         evals | "Extracted" >> beam.Map(extracted_outcome),
@@ -580,7 +602,10 @@ def run_overlap(config: OverlapRunConfig, beam_args: list[str] | None = None) ->
         FileSystems.delete(stale)
     if source.kind != "store":
         write_manifest(out["eval_manifest"], source.rows)
-    counters, wall = run_pipeline(lambda p: build_overlap(p, config, curation, source), beam_args, config.progress)
+    listing = overlap_preflight(source, curation)
+    counters, wall = run_pipeline(
+        lambda p: build_overlap(p, config, curation, source, listing), beam_args, config.progress
+    )
     counts = summarize_overlap(config, counters, source, time.time() - started)
     settings = overlap_settings(config, curation)
     eval_store = source.store or curation.output

@@ -1,9 +1,10 @@
 """`gld curate --dry-run`: build the job with the given options and describe it, offline.
 
 The graph is built exactly as a real run builds it (any runner, DataflowRunner included) but
-with `plan_only`, so no input is opened, no output is written and no cloud service is called
-(Beam's own `--dry_run` skips its bucket checks), then summarised per stage with the resource
-hints each stage carries, so that a user sees where a GPU would be attached before paying.
+from `Preflight.offline` instead of `preflight`, so no input is opened, no output is written
+and no cloud service is called (Beam's own `--dry_run` skips its bucket checks), then
+summarised per stage with the resource hints each stage carries, so that a user sees where a
+GPU would be attached before paying.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from apache_beam.transforms.resources import AcceleratorHint, CpuCountHint, MinR
 
 from pipeline.curation.config import CurateConfig
 from pipeline.curation.curate import build_curation, build_selection, output_paths
+from pipeline.curation.preflight import Preflight
 from pipeline.runner import local_runner_args
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
@@ -61,9 +63,9 @@ def planned_pipeline(config: CurateConfig, beam_args: list[str]) -> beam.Pipelin
     """The job's pipeline, built offline (ValueError on invalid options)."""
     options = PipelineOptions([*local_runner_args(list(beam_args)), "--dry_run=True"], save_main_session=False)
     pipeline = beam.Pipeline(options=options)
-    planned = dataclasses.replace(config, plan_only=True, progress=False)
+    planned = dataclasses.replace(config, progress=False)
     # a run launches these as two jobs, one after the other; a plan shows both
-    build_curation(pipeline, planned)
+    build_curation(pipeline, planned, Preflight.offline(planned))
     build_selection(pipeline, planned)
     return pipeline
 
