@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from transforms.verify import PAIR_OUTCOMES
+from schemas.vocabulary import PAIR_OUTCOMES
 
 
 def per_item_seconds(run: dict) -> dict[str, float]:

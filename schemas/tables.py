@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import Enum
+from functools import cache
+from typing import Any, TypeVar, get_type_hints
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +21,7 @@ from schemas.records import (
     ManifestRow,
     PairResult,
 )
-from schemas.vocabulary import Reason, Stage, Status
+from schemas.vocabulary import Reason, Stage
 
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -140,71 +143,59 @@ AUDIT_SCHEMA = pa.schema(
 )
 
 
+Record = TypeVar("Record", AuditFinding, ImageDecision, PairResult)
+
+
+def record_to_row(record: AuditFinding | ImageDecision | PairResult) -> dict:
+    """The row of a record whose fields are exactly its table's columns; an enum as its value."""
+    row = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        row[f.name] = value.value if isinstance(value, Enum) else value
+    return row
+
+
+def record_from_row(cls: type[Record], row: dict[str, Any], schema: pa.Schema) -> Record:
+    """Inverse of `record_to_row`: integer columns as int (None stays None), enum fields as
+    their member, every other column as it is."""
+    hints = _type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        value, hint = row[f.name], hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, Enum):
+            value = hint(value)
+        elif pa.types.is_integer(schema.field(f.name).type) and value is not None:
+            value = int(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+@cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def finding_to_row(finding: AuditFinding) -> dict:
-    return {
-        "kind": finding.kind,
-        "landmark_a": finding.landmark_a,
-        "id_a": finding.id_a,
-        "landmark_b": finding.landmark_b,
-        "id_b": finding.id_b,
-        "score": finding.score,
-        "detail": finding.detail,
-    }
+    return record_to_row(finding)
 
 
 def decision_to_row(decision: ImageDecision) -> dict:
-    return {
-        "id": decision.id,
-        "landmark_id": decision.landmark_id,
-        "status": decision.status.value,
-        "reason": decision.reason,
-        "stage": decision.stage,
-        "detail": decision.detail,
-        "degree": decision.degree,
-        "component_id": decision.component_id,
-        "component_size": decision.component_size,
-        "max_inliers": decision.max_inliers,
-        "best_partner": decision.best_partner,
-        "line": decision.line,
-    }
+    return record_to_row(decision)
 
 
 def decision_from_row(row: dict) -> ImageDecision:
     """Inverse of `decision_to_row`."""
-    return ImageDecision(
-        line=int(row["line"]),
-        id=row["id"],
-        landmark_id=row["landmark_id"],
-        status=Status(row["status"]),
-        reason=row["reason"],
-        stage=row["stage"],
-        detail=row["detail"],
-        degree=int(row["degree"]),
-        component_id=int(row["component_id"]),
-        component_size=int(row["component_size"]),
-        max_inliers=int(row["max_inliers"]),
-        best_partner=row["best_partner"],
-    )
+    return record_from_row(ImageDecision, row, DECISIONS_SCHEMA)
 
 
 def pair_from_row(row: dict) -> PairResult:
     """Inverse of `pair_to_row`."""
-    return PairResult(
-        int(row["landmark_id"]), row["id_a"], row["id_b"], int(row["num_matches"]), int(row["inliers"]), row["reason"]
-    )
+    return record_from_row(PairResult, row, PAIRS_SCHEMA)
 
 
 def finding_from_row(row: dict) -> AuditFinding:
     """Inverse of `finding_to_row`."""
-    return AuditFinding(
-        row["kind"],
-        int(row["landmark_a"]),
-        row["id_a"],
-        int(row["landmark_b"]),
-        row["id_b"],
-        int(row["score"]),
-        row["detail"],
-    )
+    return record_from_row(AuditFinding, row, AUDIT_SCHEMA)
 
 
 #: Images that reached selection (they have features): the members of their class's graph.
@@ -216,14 +207,7 @@ def member_to_row(features: FeatureRef) -> dict:
 
 
 def pair_to_row(pair: PairResult) -> dict:
-    return {
-        "landmark_id": pair.landmark_id,
-        "id_a": pair.id_a,
-        "id_b": pair.id_b,
-        "num_matches": pair.num_matches,
-        "inliers": pair.inliers,
-        "reason": pair.reason,
-    }
+    return record_to_row(pair)
 
 
 def image_to_row(image: DecodedImage) -> dict:

@@ -1,7 +1,8 @@
-"""The fixed status, stage and reason vocabulary shared by every stage and output file.
+"""The fixed status, stage, reason and audit-kind vocabulary shared by every stage and output file.
 
-Users filter `decisions.parquet` on these strings, so they are part of the contract: add new
-values freely, never rename one.
+Users filter `decisions.parquet`, `pairs.parquet`, `audit.parquet` and `eval_images.parquet` on
+these strings, so they are part of the contract: add new values freely, never rename one.
+Records and rows carry the plain strings (a member's `.value`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Stage(str, Enum):
     FEATURES = "features"
     VERIFY = "verify"
     SELECT = "select"
+    AUDIT = "audit"  # counters only: the audit produces findings, never a failure or a decision
 
 
 class Reason(str, Enum):
@@ -113,3 +115,39 @@ FAILURE_REASONS: dict[Stage, frozenset[Reason]] = {
     ),
     Stage.FEATURES: frozenset({Reason.EXTRACTION_ERROR}),
 }
+
+
+class PairReason(str, Enum):
+    """Why a candidate pair never reached RANSAC or RANSAC found no model (`PairResult.reason`,
+    `pairs.parquet`); the reason is "" for a pair that RANSAC fitted."""
+
+    NO_FEATURES = "no_features"
+    TOO_FEW_MATCHES = "too_few_matches"
+    DEGENERATE_KEYPOINTS = "degenerate_keypoints"
+    NO_MODEL = "no_model"
+
+
+#: The outcome counted for a pair RANSAC fitted (`verify/verified`).
+VERIFIED = "verified"
+#: The `verify/<outcome>` counters: one of them per verified pair.
+PAIR_OUTCOMES = (VERIFIED, *(reason.value for reason in PairReason))
+
+
+class AuditKind(str, Enum):
+    """The kind of a label-noise finding (`AuditFinding.kind`, `audit.parquet`)."""
+
+    CROSS_CLASS_MATCH = "cross_class_match"
+    EXACT_DUPLICATE = "exact_duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+    SPLIT_CLASS = "split_class"
+
+
+#: Every audit kind, in the order reports list them (also the `audit/<kind>` counters).
+AUDIT_KINDS = tuple(kind.value for kind in AuditKind)
+
+
+class EvalStatus(str, Enum):
+    """Where one evaluation input row of `gld overlap` ended (`eval_images.parquet`)."""
+
+    EXTRACTED = "extracted"
+    FAILED = "failed"

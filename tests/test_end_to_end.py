@@ -17,7 +17,7 @@ from pipeline.cli.main import main
 from pipeline.demo.data import DemoConfig, generate_demo, read_truth
 from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
-from transforms.verify import PAIR_OUTCOMES
+from schemas.vocabulary import PAIR_OUTCOMES
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
 

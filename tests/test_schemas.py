@@ -324,3 +324,34 @@ def test_local_features_shape_checks() -> None:
         features(3, kp_cols=3)
     with pytest.raises(ValueError):
         features(3, m=2)
+
+
+def test_record_tables_have_exactly_their_records_fields() -> None:
+    from dataclasses import fields
+
+    from schemas.records import AuditFinding, ImageDecision
+    from schemas.tables import AUDIT_SCHEMA, DECISIONS_SCHEMA, PAIRS_SCHEMA
+
+    for record, schema in ((AuditFinding, AUDIT_SCHEMA), (ImageDecision, DECISIONS_SCHEMA), (PairResult, PAIRS_SCHEMA)):
+        assert sorted(f.name for f in fields(record)) == sorted(schema.names), record.__name__
+
+
+def test_record_rows_round_trip() -> None:
+    from schemas.records import AuditFinding, ImageDecision
+    from schemas.tables import (
+        decision_from_row,
+        decision_to_row,
+        finding_from_row,
+        finding_to_row,
+        pair_from_row,
+        pair_to_row,
+    )
+    from schemas.vocabulary import Status
+
+    decision = ImageDecision(3, "a", None, Status.FAILED, "http_404", "fetch", "gone")
+    assert decision_to_row(decision)["status"] == "failed"
+    assert decision_from_row(decision_to_row(decision)) == decision
+    pair = PairResult(7, "a", "b", 12, 5, "")
+    assert pair_from_row(pair_to_row(pair)) == pair
+    finding = AuditFinding("split_class", 7, "", -1, "", 2, "component sizes [3, 3]")
+    assert finding_from_row(finding_to_row(finding)) == finding

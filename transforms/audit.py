@@ -26,7 +26,7 @@ import apache_beam as beam
 import numpy as np
 
 from schemas.records import AuditFinding, FeatureRef, ImageDecision, LocalFeatures
-from schemas.vocabulary import Stage
+from schemas.vocabulary import AuditKind, Stage
 from transforms.audit_signatures import (
     bits_for,
     global_signature,
@@ -40,8 +40,7 @@ from transforms.metering import meter
 from transforms.progress import tick
 from transforms.verify import VerifyConfig, verify_pair
 
-STAGE = "audit"
-KINDS = ("cross_class_match", "exact_duplicate", "near_duplicate", "split_class")
+STAGE = Stage.AUDIT.value
 
 # (id, landmark_id) of one image, and a candidate pair (id_a, landmark_a, id_b, landmark_b), id_a < id_b
 Member = tuple[str, int]
@@ -101,7 +100,9 @@ def exact_duplicates(sha256: str, members: Iterable[Member]) -> Iterator[AuditFi
     detail = f"sha256 {sha256[:16]}: {len(members)} copies in {len(classes)} classes"
     for image_id, lid in members[1:]:
         if lid != first_lid:
-            yield AuditFinding("exact_duplicate", first_lid, first_id, lid, image_id, len(members), detail)
+            yield AuditFinding(
+                AuditKind.EXACT_DUPLICATE.value, first_lid, first_id, lid, image_id, len(members), detail
+            )
 
 
 def near_duplicates(
@@ -127,7 +128,9 @@ def _near_in_bucket(
 
 def _near_finding(pair_and_distance: tuple[Candidate, int]) -> AuditFinding:
     (id_a, lid_a, id_b, lid_b), distance = pair_and_distance
-    return AuditFinding("near_duplicate", lid_a, id_a, lid_b, id_b, distance, f"pHash distance {distance} of 64 bits")
+    return AuditFinding(
+        AuditKind.NEAR_DUPLICATE.value, lid_a, id_a, lid_b, id_b, distance, f"pHash distance {distance} of 64 bits"
+    )
 
 
 # ---- cross-class candidates -------------------------------------------------------------------
@@ -184,7 +187,9 @@ def verify_candidate(
     if inliers < min_inliers:
         return None
     id_a, lid_a, id_b, lid_b = candidate
-    return AuditFinding("cross_class_match", lid_a, id_a, lid_b, id_b, inliers, f"{num_matches} putative matches")
+    return AuditFinding(
+        AuditKind.CROSS_CLASS_MATCH.value, lid_a, id_a, lid_b, id_b, inliers, f"{num_matches} putative matches"
+    )
 
 
 def _with_ref(image_id: str, grouped: dict, side: int = 2) -> Iterator[tuple[str, tuple]]:
@@ -223,7 +228,7 @@ def split_class(landmark_id: int, components: Iterable[tuple[int, int]], min_siz
     large = sorted({c for c in components if c[1] >= min_size})
     if len(large) >= 2:
         sizes = ", ".join(str(size) for _, size in large)
-        yield AuditFinding("split_class", landmark_id, "", -1, "", len(large), f"component sizes {sizes}")
+        yield AuditFinding(AuditKind.SPLIT_CLASS.value, landmark_id, "", -1, "", len(large), f"component sizes {sizes}")
 
 
 def _split_of_class(
@@ -332,7 +337,7 @@ class FindAuditCandidates(beam.PTransform):
 
 
 def _passes(finding: AuditFinding, min_inliers: int) -> bool:
-    return finding.kind != "cross_class_match" or finding.score >= min_inliers
+    return finding.kind != AuditKind.CROSS_CLASS_MATCH.value or finding.score >= min_inliers
 
 
 class AuditLabels(beam.PTransform):

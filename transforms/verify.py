@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.records import LocalFeatures, PairResult
 from schemas.tables import VERIFIED_SCHEMA, pair_to_row
-from schemas.vocabulary import Stage
+from schemas.vocabulary import VERIFIED, PairReason, Stage
 from transforms.extractors.registry import learned_module
 from transforms.feature_store import read_features
 from transforms.image_store import StoreConfig, WriteStoreParts
@@ -40,14 +40,6 @@ STAGE = Stage.VERIFY.value
 #: Smallest number of putative matches each model is fitted on. Affine needs 3 points, but
 #: 3 matches always fit exactly, so like DELF's re-ranking code 0-3 matches never verify.
 MIN_MATCHES = {"affine": 4, "homography": 4, "fundamental": 8}
-
-# `PairResult.reason` values (pairs.parquet); "" means RANSAC ran.
-NO_FEATURES = "no_features"
-TOO_FEW_MATCHES = "too_few_matches"
-DEGENERATE_KEYPOINTS = "degenerate_keypoints"
-NO_MODEL = "no_model"
-#: The `verify/<outcome>` counters: one of them per verified pair.
-PAIR_OUTCOMES = ("verified", NO_FEATURES, TOO_FEW_MATCHES, DEGENERATE_KEYPOINTS, NO_MODEL)
 
 # Matched points whose spread across their best-fit line is under this (pixels, standard
 # deviation) are identical or collinear: no affine/homography/fundamental model is determined.
@@ -205,14 +197,14 @@ def ransac_mask(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> tuple
     """
     none = np.zeros(len(src), dtype=bool)
     if len(src) < MIN_MATCHES[config.model]:
-        return none, TOO_FEW_MATCHES
+        return none, PairReason.TOO_FEW_MATCHES.value
     src = np.ascontiguousarray(src, dtype=np.float32)
     dst = np.ascontiguousarray(dst, dtype=np.float32)
     if _degenerate(src) or _degenerate(dst):
-        return none, DEGENERATE_KEYPOINTS
+        return none, PairReason.DEGENERATE_KEYPOINTS.value
     model, mask = _ESTIMATORS[config.model](src, dst, _usac_params(config))
     if model is None or mask is None or model.size == 0:
-        return none, NO_MODEL
+        return none, PairReason.NO_MODEL.value
     return mask.ravel().astype(bool), ""
 
 
@@ -234,7 +226,7 @@ def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tup
     """
     check_dimensions(a.descriptors, b.descriptors)
     if a.count == 0 or b.count == 0:
-        return 0, 0, NO_FEATURES
+        return 0, 0, PairReason.NO_FEATURES.value
     idx_a, idx_b = correspondences(a, b, config)
     mask, reason = ransac_mask(a.keypoints[idx_a], b.keypoints[idx_b], config)
     return len(idx_a), int(np.count_nonzero(mask)), reason
@@ -296,7 +288,7 @@ class _VerifyBlockFn(beam.DoFn):
         for a, b in sorted(pairs):
             with StageTimer(STAGE):
                 result = verify_result(landmark_id, features[a], features[b], self._config)
-            tick(STAGE, result.reason or "verified")
+            tick(STAGE, result.reason or VERIFIED)
             yield result, shas[result.id_a], shas[result.id_b]
 
 

@@ -45,6 +45,7 @@ from schemas.tables import (
     pair_from_row,
     pair_to_row,
 )
+from schemas.vocabulary import Status
 from transforms.audit import AuditLabels, FindAuditCandidates
 from transforms.c2x import ExportRejectedSameClass
 from transforms.feature_store import ReuseStoredFeatures, features_folder
@@ -179,7 +180,7 @@ def summarize(decisions_path: str) -> dict[str, Any]:
     stages = table.column("stage").to_pylist()
     by_reason: Counter[str] = Counter()
     for status, reason, stage in zip(statuses, reasons, stages, strict=True):
-        by_reason[f"{status}/{stage}/{reason}" if status == "failed" else f"{status}/{reason}"] += 1
+        by_reason[f"{status}/{stage}/{reason}" if status == Status.FAILED.value else f"{status}/{reason}"] += 1
     return {
         "rows": len(ids),
         "distinct_ids": len(set(ids)),

@@ -43,7 +43,7 @@ from schemas.overlap import (
 )
 from schemas.records import Failure, FeatureRef, ImageDecision, ImageRef, ManifestRow
 from schemas.tables import decision_from_row, ingest_failure_from_row
-from schemas.vocabulary import Reason, Stage, Status
+from schemas.vocabulary import EvalStatus, Reason, Stage, Status
 from transforms.c2x import ExportRejectedSameClass
 from transforms.feature_store import ReuseStoredFeatures
 from transforms.features import ExtractFeatures, check_model
@@ -323,11 +323,13 @@ def logged_failure(image_id: str, grouped: dict[str, Iterable]) -> Iterator[Fail
 
 
 def extracted_outcome(ref: FeatureRef) -> EvalOutcome:
-    return EvalOutcome(ref.id, ref.line, "extracted", num_features=ref.count)
+    return EvalOutcome(ref.id, ref.line, EvalStatus.EXTRACTED.value, num_features=ref.count)
 
 
 def failed_outcome(failure: Failure) -> EvalOutcome:
-    return EvalOutcome(failure.id, failure.line, "failed", failure.stage.value, failure.reason.value, failure.detail)
+    return EvalOutcome(
+        failure.id, failure.line, EvalStatus.FAILED.value, failure.stage.value, failure.reason.value, failure.detail
+    )
 
 
 def class_summary(landmark_id: int, grouped: dict[str, Iterable]) -> Iterator[tuple[int, str]]:
@@ -549,7 +551,7 @@ def summarize_overlap(config: OverlapRunConfig, counters: Counters, source: Eval
     """The counts `gld overlap` prints (and writes to overlap.json)."""
     out, curated = overlap_paths(config), output_paths(config.output)
     outcomes = read_table(out["eval_images"], ["id", "status", "stage", "reason"])
-    failed = outcomes.filter(pc.equal(outcomes.column("status"), "failed")).to_pylist()
+    failed = outcomes.filter(pc.equal(outcomes.column("status"), EvalStatus.FAILED.value)).to_pylist()
     by_reason: dict[str, int] = {}
     for row in failed:
         key = f"{row['stage']}/{row['reason']}"

@@ -24,7 +24,7 @@ from pipeline.curation.curate import (
     output_paths,
 )
 from pipeline.runner import Counters, run_pipeline
-from transforms.audit import KINDS
+from schemas.vocabulary import AUDIT_KINDS, Stage
 from transforms.select import SelectConfig
 
 #: What the selection job reads (written by the first job of `gld curate`).
@@ -33,9 +33,11 @@ SELECTION_INPUTS = ("members", "failures", "pairs", "audit_candidates")
 
 def _first_job_counters(counters: Counters) -> Counters:
     """The counters of the run without those its selection job made (made again now)."""
-    kept = {stage: dict(values) for stage, values in counters.items() if stage != "select"}
-    if "audit" in kept:
-        kept["audit"] = {name: value for name, value in kept["audit"].items() if name not in KINDS}
+    kept = {stage: dict(values) for stage, values in counters.items() if stage != Stage.SELECT.value}
+    if Stage.AUDIT.value in kept:
+        kept[Stage.AUDIT.value] = {
+            name: value for name, value in kept[Stage.AUDIT.value].items() if name not in AUDIT_KINDS
+        }
     return kept
 
 

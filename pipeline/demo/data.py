@@ -43,11 +43,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from schemas.vocabulary import Reason
+
 _FACADE_SIZE = (1024, 768)  # (width, height) of a landmark texture
 _DISTRACTOR_SIZE = (960, 720)
 _FIRST_LANDMARK_ID = 1000
 _ASPECTS = ((4, 3), (3, 4), (16, 9))
-_BROKEN_SOURCES = ("http_404", "truncated", "not_an_image")
+_BROKEN_SOURCES = (Reason.HTTP_404.value, Reason.TRUNCATED.value, Reason.NOT_AN_IMAGE.value)
 _TEXT_ALPHABET = np.array(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"))
 _NOT_AN_IMAGE = (
     b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
@@ -289,16 +291,16 @@ def _write_csv(path: str, header: tuple[str, ...], rows: list[tuple]) -> None:
 
 def _row_payload(config: DemoConfig, index: int, row: _Row, facade: np.ndarray | None) -> bytes | None:
     """File bytes for a row, or None when no file must exist (HTTP 404)."""
-    if row.source == "http_404":
+    if row.source == Reason.HTTP_404.value:
         return None
-    if row.source == "not_an_image":
+    if row.source == Reason.NOT_AN_IMAGE.value:
         return _NOT_AN_IMAGE
     rng = np.random.default_rng([config.seed, _STREAM_VIEW, index])
     if facade is None:
         scene_rng = np.random.default_rng([config.seed, _STREAM_DISTRACTOR, index])
         facade = _texture(scene_rng, _DISTRACTOR_SIZE, distractor=True)
     jpeg = _encode_jpeg(_render_view(rng, facade, config.image_size), rng)
-    if row.source == "truncated":
+    if row.source == Reason.TRUNCATED.value:
         return jpeg[: len(jpeg) // 2]
     return jpeg
 

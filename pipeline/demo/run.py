@@ -14,6 +14,7 @@ from pipeline.curation.curate import output_paths, run_curation
 from pipeline.demo.data import DemoConfig, generate_demo, read_truth
 from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import parse_train_clean
+from schemas.vocabulary import Status
 from transforms.store import read_table
 
 
@@ -53,7 +54,7 @@ def score_kept(
         kept=len(kept),
         precision=len(true_kept) / len(kept) if kept else 0.0,
         recall=len(verifiable.intersection(true_kept)) / len(verifiable) if verifiable else 0.0,
-        broken_failed=sum(statuses.get(i) == "failed" for i in broken) / len(broken) if broken else 1.0,
+        broken_failed=sum(statuses.get(i) == Status.FAILED.value for i in broken) / len(broken) if broken else 1.0,
         noise_kept=len(noise),
         members=len(verifiable),
         broken=len(broken),

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.vocabulary import Status
 from transforms.image_store import part_files
 
 
@@ -49,9 +50,9 @@ def class_counts(groups: Iterable[tuple[int | None, str, str, int]]) -> dict[int
         if landmark_id is None:
             continue
         counts = classes.setdefault(landmark_id, ClassCounts(landmark_id))
-        if status == "kept":
+        if status == Status.KEPT.value:
             counts.kept += rows
-        elif status == "removed":
+        elif status == Status.REMOVED.value:
             counts.removed += rows
             counts.reasons[reason] += rows
         else:

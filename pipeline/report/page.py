@@ -29,12 +29,12 @@ from pipeline.report.html import Files, pair_figure, table
 from pipeline.report.images import thumbnail
 from pipeline.report.overlap import overlap_section
 from schemas.tables import features_from_row
-from transforms.audit import KINDS
+from schemas.vocabulary import AUDIT_KINDS, AuditKind, Status
 from transforms.store import read_table, stream_batches
 from transforms.verify import VerifyConfig
 
 REPORT_NAME = "report.html"
-_STATUS_COLOURS = {"kept": "#59a14f", "removed": "#f28e2b", "failed": "#e15759"}
+_STATUS_COLOURS = {Status.KEPT.value: "#59a14f", Status.REMOVED.value: "#f28e2b", Status.FAILED.value: "#e15759"}
 _NOISY_CLASSES_SHOWN = 3
 _THUMBS_PER_SIDE = 6
 _CROSS_CLASS_DRAWN = 2
@@ -143,16 +143,17 @@ def _audit_section(findings: dict[str, list]) -> str:
     for row in rows:
         by_kind.setdefault(row[0], []).append(row)
     class_pairs: dict[tuple[int, int], list[int]] = {}
-    for _, lid_a, _, lid_b, _, score, _ in by_kind.get("cross_class_match", []):
+    for _, lid_a, _, lid_b, _, score, _ in by_kind.get(AuditKind.CROSS_CLASS_MATCH.value, []):
         class_pairs.setdefault(tuple(sorted((lid_a, lid_b))), []).append(score)
     pair_rows = sorted(
         ([a, b, len(s), max(s)] for (a, b), s in class_pairs.items()), key=lambda r: (-r[2], -r[3], r[0], r[1])
     )
     duplicates = sorted(
-        by_kind.get("exact_duplicate", []) + by_kind.get("near_duplicate", []), key=lambda r: (r[0], r[1], r[2], r[4])
+        by_kind.get(AuditKind.EXACT_DUPLICATE.value, []) + by_kind.get(AuditKind.NEAR_DUPLICATE.value, []),
+        key=lambda r: (r[0], r[1], r[2], r[4]),
     )
-    splits = sorted(by_kind.get("split_class", []), key=lambda r: (-r[5], r[1]))
-    summary = [[kind, len(by_kind.get(kind, []))] for kind in KINDS]
+    splits = sorted(by_kind.get(AuditKind.SPLIT_CLASS.value, []), key=lambda r: (-r[5], r[1]))
+    summary = [[kind, len(by_kind.get(kind, []))] for kind in AUDIT_KINDS]
     return (
         "<h2>Label-noise audit (audit.parquet)</h2>"
         + table(["finding", "count"], summary)
@@ -177,9 +178,12 @@ def _noisy_thumbnails(decisions: pa.Table, noisy: list[ClassCounts]) -> dict[int
     wanted = pa.array([c.landmark_id for c in noisy], pa.int64())
     rows = decisions.filter(pc.is_in(decisions.column("landmark_id"), value_set=wanted)).to_pylist()
     shown: dict[int, list[tuple[str, str, str]]] = {c.landmark_id: [] for c in noisy}
-    for row in sorted(rows, key=lambda r: (r["status"] != "kept", r["id"])):
+    for row in sorted(rows, key=lambda r: (r["status"] != Status.KEPT.value, r["id"])):
         items = shown[row["landmark_id"]]
-        if row["status"] in ("kept", "removed") and sum(i[1] == row["status"] for i in items) < _THUMBS_PER_SIDE:
+        if (
+            row["status"] in (Status.KEPT.value, Status.REMOVED.value)
+            and sum(i[1] == row["status"] for i in items) < _THUMBS_PER_SIDE
+        ):
             items.append((row["id"], row["status"], f"{row['status']}: {row['reason']}"))
     return shown
 
@@ -188,7 +192,8 @@ def _examples(pairs_path: str, findings: dict[str, list], min_inliers: int) -> l
     """Within-class examples (strongest/weakest edge, strongest rejected) + the best cross-class matches."""
     examples = example_pairs(stream_batches(pairs_path, ["landmark_id", "id_a", "id_b", "inliers"]), min_inliers)
     cross = sorted(
-        (r for r in _finding_rows(findings) if r[0] == "cross_class_match"), key=lambda r: (-r[5], r[2], r[4])
+        (r for r in _finding_rows(findings) if r[0] == AuditKind.CROSS_CLASS_MATCH.value),
+        key=lambda r: (-r[5], r[2], r[4]),
     )
     examples += [ExamplePair("verifies across classes", *r[1:6]) for r in cross[:_CROSS_CLASS_DRAWN]]
     return examples
