@@ -45,5 +45,5 @@ setup(
         "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7"],
         "learned": LEARNED_REQUIRES,
     },
-    entry_points={"console_scripts": ["gld=pipeline.cli.main:main"]},
+    entry_points={"console_scripts": ["gld=pipeline.cli.main:run"]},
 )

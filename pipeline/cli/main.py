@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -456,5 +457,27 @@ def main(argv: list[str] | None = None) -> int:
     return COMMANDS[argv[0]](argv[1:])
 
 
+def run() -> None:
+    """The `gld` console command: `main`, then leave without tearing the interpreter down.
+
+    Every output is written and closed when `main` returns. Where PyTorch is installed (the
+    `learned` extra), Beam 2.77's `RunInference` module imports it in every process, and the
+    interpreter's teardown then sometimes aborts with `terminate called without an active
+    exception` (exit 134, after the job succeeded: 1 of 3 demo runs) while native threads are
+    still alive. `os._exit` skips that teardown once the streams are flushed; an exception
+    still ends the usual way, with its traceback."""
+    try:
+        code: int | str | None = main()
+    except SystemExit as stop:  # argparse's --help and usage errors
+        code = stop.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
