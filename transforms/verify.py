@@ -211,10 +211,10 @@ def ransac_mask(src: np.ndarray, dst: np.ndarray, config: VerifyConfig) -> tuple
 def correspondences(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into a, into b), [M] int each, of the configured matcher's correspondences.
     Raises ValueError when the descriptor dimensions differ (or LightGlue's weights are absent)."""
-    check_dimensions(a.descriptors, b.descriptors)
     if config.matcher == "lightglue":
+        check_dimensions(a.descriptors, b.descriptors)
         return learned_module().lightglue_matches(a, b, config.lightglue_min_confidence)
-    return putative_matches(a.descriptors, b.descriptors, config)
+    return putative_matches(a.descriptors, b.descriptors, config)  # checks the dimensions itself
 
 
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:

@@ -129,7 +129,7 @@ class AlikedExtractor:
         with torch.inference_mode():
             found = self._model(tensor.to(next(self._model.parameters()).device))[0]
         xy = found.keypoints.float().cpu().numpy()
-        scores = found.keypoint_scores.float().cpu().numpy().astype(np.float32)
+        scores = found.keypoint_scores.float().cpu().numpy()
         descriptors = found.descriptors.float().cpu().numpy()
         order = np.lexsort((xy[:, 1], xy[:, 0], -scores))[: self._config.max_features]
         xy = ((xy[order] + 0.5) / factor - 0.5).astype(np.float32)
