@@ -7,9 +7,7 @@ exactly one outcome in `decisions.parquet`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
-import cv2
 import numpy as np
 
 from schemas.vocabulary import FAILURE_REASONS, Reason, Stage, Status
@@ -62,10 +60,9 @@ class DecodedImage:
     """A normalised image as the image store keeps it.
 
     `jpeg` is the normalised image (longest side at most the configured size), `width` x
-    `height` its size; `original_*` and `sha256` describe the fetched bytes. `pixels` (uint8 RGB
-    [height, width, 3]) is decoded from `jpeg` on first use, so features computed from a fresh
-    download and from the store of an earlier run are the same, and records that never need
-    pixels (ingest only) never pay for them.
+    `height` its size; `original_*` and `sha256` describe the fetched bytes. Its pixels are
+    always decoded from `jpeg` (`transforms.decode.stored_pixels`), so features computed from a
+    fresh download and from the store of an earlier run are the same.
     """
 
     row: ManifestRow
@@ -76,17 +73,6 @@ class DecodedImage:
     original_height: int
     original_bytes: int
     sha256: str
-
-    @cached_property
-    def pixels(self) -> np.ndarray:
-        bgr = cv2.imdecode(np.frombuffer(self.jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"image {self.row.id}: stored JPEG does not decode")
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-
-    def __getstate__(self) -> dict:
-        # Ship the JPEG, never the decoded pixels, between workers.
-        return {k: v for k, v in self.__dict__.items() if k != "pixels"}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from transforms.audit import (
     split_class,
 )
 from transforms.audit_signatures import bits_for, hamming, hash_bands, perceptual_hash, simhash_codes
+from transforms.decode import stored_pixels
 from transforms.extractors.config import FeatureConfig
 from transforms.features import ExtractFeatures
 from transforms.verify import VerifyConfig
@@ -62,7 +63,7 @@ def _rotated(pixels: np.ndarray, degrees: float, zoom: float) -> np.ndarray:
 def test_perceptual_hash_survives_recompression_not_other_content() -> None:
     scene = _scene(1)
     same = perceptual_hash(scene)
-    recompressed = _decoded("x", 1, _jpeg(scene, quality=40), 1).pixels
+    recompressed = stored_pixels(_decoded("x", 1, _jpeg(scene, quality=40), 1))
     assert hamming(same, perceptual_hash(recompressed)) <= 4
     assert hamming(same, perceptual_hash(_scene(2))) > 12
     assert 0 <= same < 2**64

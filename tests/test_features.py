@@ -19,6 +19,7 @@ from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
+from transforms.decode import stored_pixels
 from transforms.extractors.base import compact_descriptors
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.registry import EXTRACTORS
@@ -277,7 +278,7 @@ def test_extract_features_transform_routes_records_and_failures() -> None:
     textured = _decoded("tex", _textured(21), line=1, landmark_id=4)
     blank = _decoded("blank", np.full((HEIGHT, WIDTH, 3), 200, np.uint8), line=2, landmark_id=4)
     broken = _undecodable("grey", line=3, landmark_id=6)
-    expected_count = len(SiftExtractor(FeatureConfig(max_features=150))(textured.pixels)[0])
+    expected_count = len(SiftExtractor(FeatureConfig(max_features=150))(stored_pixels(textured))[0])
     assert expected_count == 150
 
     with BeamTestPipeline(options=_beam_options()) as pipeline:

@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.demo.data import _landmark_facade, _render_view
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from tests.stores import block_items, store_features, store_images
+from transforms.decode import stored_pixels
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.sift import SiftExtractor
 from transforms.global_descriptor import (
@@ -152,10 +153,10 @@ def test_copy_to_local_keeps_the_layout(tiny_model: str, tmp_path) -> None:
 
 def test_saved_model_embedder(tiny_model: str) -> None:
     embedder = SavedModelEmbedder(tiny_model, "serving_default")
-    np.testing.assert_allclose(embedder(_image("a", (10, 20, 30)).pixels), [10, 20, 30])
+    np.testing.assert_allclose(embedder(stored_pixels(_image("a", (10, 20, 30)))), [10, 20, 30])
     # float input of a fixed size: resized, scaled to [0, 1], batched
     small = SavedModelEmbedder(tiny_model, "small")
-    np.testing.assert_allclose(small(_image("a", (10, 20, 30)).pixels), [10, 20, 30], rtol=1e-5)
+    np.testing.assert_allclose(small(stored_pixels(_image("a", (10, 20, 30)))), [10, 20, 30], rtol=1e-5)
     embedder.close()
     small.close()
 

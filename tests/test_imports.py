@@ -8,6 +8,7 @@ or an upward dependency. Imports under `if TYPE_CHECKING:` (annotations only) do
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,3 +194,22 @@ def test_checks_catch_a_cycle_and_an_upward_import():
     assert upward_imports({"pipeline.report.page": {"pipeline.curation.config"}}) == [
         "pipeline.report.page -> pipeline.curation.config"
     ]
+
+
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of what a module imports outside the standard library and the project."""
+    names = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - set(PACKAGES)
+
+
+def test_schemas_are_plain_data():
+    """Records and table schemas need numpy and pyarrow only: no decoder, model or runner, so
+    a record never carries a decoded image or a cache and `schemas` loads anywhere."""
+    modules = _modules()
+    used = {name: _third_party(path) for name, path in modules.items() if name.split(".")[0] == "schemas"}
+    assert {name: extra - {"numpy", "pyarrow"} for name, extra in used.items() if extra - {"numpy", "pyarrow"}} == {}

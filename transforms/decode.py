@@ -139,6 +139,15 @@ def decode_image(fetched: FetchedImage, config: DecodeConfig) -> DecodedImage | 
     )
 
 
+def stored_pixels(image: DecodedImage) -> np.ndarray:
+    """The pixels of a stored image, uint8 RGB [height, width, 3], decoded from its JPEG (what
+    every stage that looks at pixels sees); ValueError when the JPEG does not decode."""
+    bgr = cv2.imdecode(np.frombuffer(image.jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"image {image.row.id}: stored JPEG does not decode")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
 def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
     """Resize [H, W, C] so that max(H, W) <= max_side, keeping the aspect ratio; never upscales."""
     height, width = pixels.shape[:2]

@@ -22,10 +22,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from schemas.records import DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures
+from schemas.records import DecodedImage, Failure, FeatureRef, ImageRef, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, FeatureSummary, feature_ref, features_to_row
 from schemas.vocabulary import Reason, Stage
 from transforms.audit_signatures import descriptor_mean, perceptual_hash
+from transforms.decode import stored_pixels
 from transforms.extractors.base import Extractor
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.registry import EXTRACTORS, learned_module
@@ -39,13 +40,22 @@ STAGE = Stage.FEATURES.value
 
 def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures | Failure:
     """Features of one decoded image. Returns a Failure (extraction_error) when the stored JPEG
-    does not decode (ValueError) or the extractor raises one of its `errors` for this image; a
-    record with N = 0 when it finds nothing."""
+    does not decode or the extractor raises one of its `errors` for this image; a record with
+    N = 0 when it finds nothing."""
+    try:
+        pixels = stored_pixels(image)
+    except ValueError as exc:
+        return _extraction_failure(image.row, str(exc))
+    return _features_of(image, pixels, extractor)
+
+
+def _features_of(image: DecodedImage, pixels: np.ndarray, extractor: Extractor) -> LocalFeatures | Failure:
+    """`extract_features` of an image already decoded to `pixels` uint8 RGB [H, W, 3]."""
     row = image.row
     try:
-        keypoints, descriptors, scales, scores = extractor(image.pixels)
+        keypoints, descriptors, scales, scores = extractor(pixels)
     except (ValueError, *extractor.errors) as exc:
-        return Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, str(exc), row.url)
+        return _extraction_failure(row, str(exc))
     return LocalFeatures(
         id=row.id,
         landmark_id=row.landmark_id,
@@ -59,6 +69,10 @@ def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures
     )
 
 
+def _extraction_failure(row: ManifestRow, detail: str) -> Failure:
+    return Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, detail, row.url)
+
+
 @dataclass(frozen=True)
 class Extracted:
     """What the feature step makes of one input: its `source` (a DecodedImage or an ImageRef),
@@ -70,32 +84,34 @@ class Extracted:
     summary: FeatureSummary | None = None
 
 
-def summarize(image: DecodedImage, features: LocalFeatures) -> FeatureSummary:
+def summarize(image: DecodedImage, pixels: np.ndarray, features: LocalFeatures) -> FeatureSummary:
     """What the features store keeps beside an image's features (see `FeatureRef`): the image's
-    sha256, the offline global descriptor, the mean descriptor and the stored JPEG's pHash."""
+    sha256, the offline global descriptor, the mean descriptor and the pHash of the stored
+    image's `pixels` (uint8 RGB [H, W, 3], those the extractor saw)."""
     return FeatureSummary(
         sha256=image.sha256,
         global_descriptor=aggregate_local(features.descriptors),
         mean=descriptor_mean(features.descriptors).astype(np.float32),
-        phash=perceptual_hash(image.pixels),  # the pixels the extractor already decoded
+        phash=perceptual_hash(pixels),
     )
 
 
 def extract(item: DecodedImage | ImageRef, extractor: Extractor) -> Extracted:
-    """Load (from the store for a reference), extract and summarise one image; a stored image
-    that cannot be read back fails as `extraction_error` with the store's error in the detail."""
-    row = item.row
+    """Load (from the store for a reference), decode, extract and summarise one image, decoding
+    its JPEG once; a stored image that cannot be read back or decoded fails as
+    `extraction_error` with the reason in the detail."""
     try:
         image = load_image(item)
     except (OSError, KeyError, pa.ArrowException) as exc:
-        detail = f"stored image unreadable: {type(exc).__name__}: {exc}"
-        return Extracted(
-            item, Failure(row.line, row.id, row.landmark_id, Stage.FEATURES, Reason.EXTRACTION_ERROR, detail, row.url)
-        )
-    result = extract_features(image, extractor)
+        return Extracted(item, _extraction_failure(item.row, f"stored image unreadable: {type(exc).__name__}: {exc}"))
+    try:
+        pixels = stored_pixels(image)
+    except ValueError as exc:
+        return Extracted(item, _extraction_failure(item.row, str(exc)))
+    result = _features_of(image, pixels, extractor)
     if isinstance(result, Failure):
         return Extracted(item, result)
-    return Extracted(item, result, summarize(image, result))
+    return Extracted(item, result, summarize(image, pixels, result))
 
 
 class ExtractorModelHandler(ModelHandler[DecodedImage | ImageRef, Extracted, Extractor]):

@@ -32,6 +32,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import DecodedImage, FeatureRef, ImageRef
+from transforms.decode import stored_pixels
 from transforms.image_store import load_image
 from transforms.progress import StageTimer
 
@@ -170,7 +171,7 @@ class _EmbedFn(beam.DoFn):
     def process(self, image: ImageRef | DecodedImage) -> Iterator[tuple[str, np.ndarray]]:
         assert self._embedder is not None
         with StageTimer(STAGE):
-            vector = self._embedder(load_image(image).pixels)
+            vector = self._embedder(stored_pixels(load_image(image)))
         yield image.row.id, vector
 
     def teardown(self) -> None:

@@ -31,6 +31,7 @@ from pipeline.baselines.train import BATCH_SIGNATURE, OUTPUT_NAME
 from pipeline.runner import run_pipeline, write_json
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from schemas.tables import image_from_row
+from transforms.decode import stored_pixels
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.sift import SiftExtractor
 from transforms.features import extract_features
@@ -186,7 +187,7 @@ def _embed(images: beam.PCollection, config: EvaluateConfig, label: str) -> beam
     handler = KeyedModelHandler(EmbeddingModelHandler(config.model, config.signature, config.batch_size))
     return (
         images
-        | f"Pixels{label}" >> beam.MapTuple(lambda image_id, image: (image_id, image.pixels))
+        | f"Pixels{label}" >> beam.MapTuple(lambda image_id, image: (image_id, stored_pixels(image)))
         | f"RunInference{label}" >> RunInference(handler)
         | f"Vector{label}" >> beam.MapTuple(lambda i, result: (i, np.asarray(result.inference, np.float32)))
     )
