@@ -1,5 +1,7 @@
 """Package `gld`: GLDv2 curation on Apache Beam. The same file is what Dataflow workers install."""
 
+import os
+import tempfile
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -32,6 +34,12 @@ LEARNED_REQUIRES = [
     "kornia>=0.9,<0.10",
 ]
 
+#: Set by deploy/ (launch.sh, the worker Dockerfile) for the package Dataflow workers install:
+#: it leaves out `pipeline.demo`, the demo's image generator and loopback server, which only the
+#: launching machine runs (no curation or baseline module imports it: tests/test_imports.py).
+WORKER_PACKAGE = os.environ.get("GLD_WORKER_PACKAGE") == "1"
+PACKAGES = ["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]
+
 setup(
     name="gld-curate",
     version="0.1.0",
@@ -39,11 +47,14 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas", "schemas.*"]),
+    packages=find_packages(include=PACKAGES, exclude=["pipeline.demo", "pipeline.demo.*"] if WORKER_PACKAGE else []),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7"],
         "learned": LEARNED_REQUIRES,
     },
     entry_points={"console_scripts": ["gld=pipeline.cli.main:run"]},
+    # a fresh file list for the worker package: setuptools would add the files an earlier
+    # egg-info here lists (pipeline.demo among them)
+    options={"egg_info": {"egg_base": tempfile.mkdtemp(prefix="gld-worker-")}} if WORKER_PACKAGE else {},
 )

@@ -3,9 +3,10 @@ evaluation set, and the outcome of every evaluation input row."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import pyarrow as pa
+from schemas.records import FLOAT32, INT32
+from schemas.tables import record_schema
 
 
 @dataclass(frozen=True)
@@ -19,36 +20,14 @@ class OverlapPair:
     train_id: str
     landmark_id: int
     eval_id: str
-    similarity: float
-    num_matches: int
-    inliers: int
+    inliers: int = field(metadata=INT32)
+    num_matches: int = field(metadata=INT32)
+    similarity: float = field(metadata=FLOAT32)
     reason: str = ""
 
 
 #: `overlap.parquet` (pairs with >= min_inliers) and `candidates.parquet` (every candidate).
-OVERLAP_SCHEMA = pa.schema(
-    [
-        ("train_id", pa.string()),
-        ("landmark_id", pa.int64()),
-        ("eval_id", pa.string()),
-        ("inliers", pa.int32()),
-        ("num_matches", pa.int32()),
-        ("similarity", pa.float32()),
-        ("reason", pa.string()),
-    ]
-)
-
-
-def overlap_to_row(pair: OverlapPair) -> dict:
-    return {
-        "train_id": pair.train_id,
-        "landmark_id": pair.landmark_id,
-        "eval_id": pair.eval_id,
-        "inliers": pair.inliers,
-        "num_matches": pair.num_matches,
-        "similarity": pair.similarity,
-        "reason": pair.reason,
-    }
+OVERLAP_SCHEMA = record_schema(OverlapPair)
 
 
 @dataclass(frozen=True)
@@ -62,30 +41,8 @@ class EvalOutcome:
     stage: str = ""
     reason: str = ""
     detail: str = ""
-    num_features: int = 0
+    num_features: int = field(default=0, metadata=INT32)
 
 
 #: `eval_images.parquet`: exactly one row per evaluation input row.
-EVAL_OUTCOME_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("line", pa.int64()),
-        ("status", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("num_features", pa.int32()),
-    ]
-)
-
-
-def outcome_to_row(outcome: EvalOutcome) -> dict:
-    return {
-        "id": outcome.id,
-        "line": outcome.line,
-        "status": outcome.status,
-        "stage": outcome.stage,
-        "reason": outcome.reason,
-        "detail": outcome.detail,
-        "num_features": outcome.num_features,
-    }
+EVAL_OUTCOME_SCHEMA = record_schema(EvalOutcome)

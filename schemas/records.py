@@ -7,6 +7,7 @@ exactly one outcome in `decisions.parquet`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -14,6 +15,11 @@ from schemas.vocabulary import FAILURE_REASONS, Reason, Stage, Status
 
 #: How descriptors may be stored (`LocalFeatures.descriptors`).
 DESCRIPTOR_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.uint8))
+
+#: Field metadata of a record written as a table row (`schemas.tables.record_schema`): a count
+#: or score that fits 32 bits is stored as int32, a similarity as float32 (else int64, float64).
+INT32 = MappingProxyType({"column_type": "int32"})
+FLOAT32 = MappingProxyType({"column_type": "float32"})
 
 
 @dataclass(frozen=True)
@@ -174,8 +180,8 @@ class PairResult:
     landmark_id: int
     id_a: str
     id_b: str
-    num_matches: int
-    inliers: int
+    num_matches: int = field(metadata=INT32)
+    inliers: int = field(metadata=INT32)
     reason: str = ""
 
     def __post_init__(self) -> None:
@@ -185,7 +191,8 @@ class PairResult:
 
 @dataclass(frozen=True)
 class ImageDecision:
-    """The one final outcome of one input row (a line of the manifest)."""
+    """The one final outcome of one input row (a line of the manifest); a row of
+    `decisions.parquet`, whose `line` column comes last."""
 
     line: int
     id: str
@@ -194,10 +201,10 @@ class ImageDecision:
     reason: str
     stage: str = ""
     detail: str = ""
-    degree: int = 0
-    component_id: int = -1
-    component_size: int = 0
-    max_inliers: int = 0
+    degree: int = field(default=0, metadata=INT32)
+    component_id: int = field(default=-1, metadata=INT32)
+    component_size: int = field(default=0, metadata=INT32)
+    max_inliers: int = field(default=0, metadata=INT32)
     best_partner: str = ""
 
     @classmethod

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from functools import cache
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pyarrow as pa
@@ -22,34 +24,6 @@ from schemas.records import (
     PairResult,
 )
 from schemas.vocabulary import Reason, Stage
-
-DECISIONS_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("landmark_id", pa.int64()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("stage", pa.string()),
-        ("detail", pa.string()),
-        ("degree", pa.int32()),
-        ("component_id", pa.int32()),
-        ("component_size", pa.int32()),
-        ("max_inliers", pa.int32()),
-        ("best_partner", pa.string()),
-        ("line", pa.int64()),
-    ]
-)
-
-PAIRS_SCHEMA = pa.schema(
-    [
-        ("landmark_id", pa.int64()),
-        ("id_a", pa.string()),
-        ("id_b", pa.string()),
-        ("num_matches", pa.int32()),
-        ("inliers", pa.int32()),
-        ("reason", pa.string()),
-    ]
-)
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -84,6 +58,8 @@ VERIFIED_SCHEMA = pa.schema(
     ]
 )
 
+#: The failure log of an ingest: a `Failure`'s fields (rows by `record_to_row`), in the order the
+#: logs of earlier runs have them.
 INGEST_FAILURES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -130,23 +106,53 @@ FEATURES_SCHEMA = pa.schema(
 #: The features store columns that make a `FeatureRef` (everything but the features).
 FEATURE_INDEX_COLUMNS = ["id", "num_features", "sha256", "mean", "phash"]
 
-AUDIT_SCHEMA = pa.schema(
-    [
-        ("kind", pa.string()),
-        ("landmark_a", pa.int64()),
-        ("id_a", pa.string()),
-        ("landmark_b", pa.int64()),
-        ("id_b", pa.string()),
-        ("score", pa.int64()),
-        ("detail", pa.string()),
-    ]
-)
 
+@cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+#: Column types of record fields by annotation (`record_schema`); enums are stored as their value.
+_COLUMN_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def record_schema(cls: type, last: Sequence[str] = ()) -> pa.Schema:
+    """The table of a record type: one column per field, in field order (those named in `last`
+    moved to the end, in that order), typed from the annotation (str and enums: string, int:
+    int64, float: float64, bool: bool; `X | None` as X), or from the field's `column_type`
+    metadata (`schemas.records.INT32`, `FLOAT32`). ValueError for a field of another type."""
+    hints = _type_hints(cls)
+    columns = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        if get_origin(hint) in (Union, types.UnionType):
+            hint = next(arg for arg in get_args(hint) if arg is not type(None))
+        if "column_type" in f.metadata:
+            column = pa.type_for_alias(f.metadata["column_type"])
+        elif isinstance(hint, type) and issubclass(hint, Enum):
+            column = pa.string()
+        elif hint in _COLUMN_TYPES:
+            column = _COLUMN_TYPES[hint]
+        else:
+            raise ValueError(f"{cls.__name__}.{f.name}: no column type for {hint!r}")
+        columns.append(pa.field(f.name, column))
+    if unknown := set(last) - {c.name for c in columns}:
+        raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    columns.sort(key=lambda c: last.index(c.name) + 1 if c.name in last else 0)
+    return pa.schema(columns)
+
+
+#: `decisions.parquet`: one row per input row (`line` last, as the table always had it).
+DECISIONS_SCHEMA = record_schema(ImageDecision, last=("line",))
+#: `pairs.parquet`: every verified candidate pair.
+PAIRS_SCHEMA = record_schema(PairResult)
+#: `audit.parquet`: the label-noise findings.
+AUDIT_SCHEMA = record_schema(AuditFinding)
 
 Record = TypeVar("Record", AuditFinding, ImageDecision, PairResult)
 
 
-def record_to_row(record: AuditFinding | ImageDecision | PairResult) -> dict:
+def record_to_row(record: Any) -> dict:
     """The row of a record whose fields are exactly its table's columns; an enum as its value."""
     row = {}
     for f in fields(record):
@@ -170,31 +176,18 @@ def record_from_row(cls: type[Record], row: dict[str, Any], schema: pa.Schema) -
     return cls(**values)
 
 
-@cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def finding_to_row(finding: AuditFinding) -> dict:
-    return record_to_row(finding)
-
-
-def decision_to_row(decision: ImageDecision) -> dict:
-    return record_to_row(decision)
-
-
 def decision_from_row(row: dict) -> ImageDecision:
-    """Inverse of `decision_to_row`."""
+    """Inverse of `record_to_row` for `decisions.parquet`."""
     return record_from_row(ImageDecision, row, DECISIONS_SCHEMA)
 
 
 def pair_from_row(row: dict) -> PairResult:
-    """Inverse of `pair_to_row`."""
+    """Inverse of `record_to_row` for `pairs.parquet`."""
     return record_from_row(PairResult, row, PAIRS_SCHEMA)
 
 
 def finding_from_row(row: dict) -> AuditFinding:
-    """Inverse of `finding_to_row`."""
+    """Inverse of `record_to_row` for `audit.parquet`."""
     return record_from_row(AuditFinding, row, AUDIT_SCHEMA)
 
 
@@ -204,10 +197,6 @@ MEMBERS_SCHEMA = pa.schema([("id", pa.string()), ("landmark_id", pa.int64()), ("
 
 def member_to_row(features: FeatureRef) -> dict:
     return {"id": features.id, "landmark_id": features.landmark_id, "line": features.line}
-
-
-def pair_to_row(pair: PairResult) -> dict:
-    return record_to_row(pair)
 
 
 def image_to_row(image: DecodedImage) -> dict:
@@ -238,18 +227,6 @@ def image_from_row(row: dict, current: ManifestRow) -> DecodedImage:
         original_bytes=int(row["original_bytes"]),
         sha256=row["sha256"],
     )
-
-
-def ingest_failure_to_row(failure: Failure) -> dict:
-    return {
-        "id": failure.id,
-        "landmark_id": failure.landmark_id,
-        "url": failure.url,
-        "stage": failure.stage.value,
-        "reason": failure.reason.value,
-        "detail": failure.detail,
-        "line": failure.line,
-    }
 
 
 def ingest_failure_from_row(row: dict, current: ManifestRow) -> Failure:

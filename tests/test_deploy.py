@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -147,13 +148,35 @@ def test_worker_dockerfile_has_cuda_beam_boot_and_the_package() -> None:
     assert "COPY --from=beam /opt/apache/beam /opt/apache/beam" in lines
     assert lines[-1] == 'ENTRYPOINT ["/opt/apache/beam/boot"]'
     assert any("pip install -r deploy/requirements-worker.txt" in line for line in lines)
-    assert "RUN pip install --no-deps ." in lines
+    (install,) = [line for line in lines if "pip install --no-deps ." in line]
+    assert install.startswith("RUN GLD_WORKER_PACKAGE=1 pip install --no-deps . && rm -rf ")
+    assert {"schemas", "transforms", "pipeline"} <= set(install.split("rm -rf ")[1].split())  # only the installed copy
     assert "COPY setup.py README.md ./" in lines
     for package in ("schemas", "transforms", "pipeline"):
         assert f"COPY {package} {package}" in lines
     assert str(_pins()["apache-beam"].specifier) == f"=={args['BEAM_VERSION']}"
     python = tuple(int(v) for v in args["PYTHON_VERSION"].split("."))
     assert (3, 10) <= python < (3, 14)  # setup.py's python_requires
+
+
+def test_worker_package_leaves_the_demo_out(tmp_path: Path) -> None:
+    """What `--setup_file` stages (launch.sh sets GLD_WORKER_PACKAGE) and the worker image
+    installs: every module of the package but `pipeline.demo`, which only `gld demo` runs."""
+    env = {**os.environ, "GLD_WORKER_PACKAGE": "1"}
+    command = [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        shipped = {name.split("/", 1)[1] for name in archive.getnames() if name.endswith(".py")}
+    modules = {
+        str(p.relative_to(REPO))
+        for package in ("schemas", "transforms", "pipeline")
+        for p in (REPO / package).rglob("*.py")
+    }
+    demo = {name for name in modules if name.startswith("pipeline/demo/")}
+    assert demo and not demo & shipped
+    assert modules - demo <= shipped
+    assert "export GLD_WORKER_PACKAGE=1" in (REPO / "deploy" / "dataflow" / "launch.sh").read_text()
 
 
 def test_worker_pins_satisfy_setup_py() -> None:

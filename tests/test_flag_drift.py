@@ -1,36 +1,40 @@
-"""A parameter is defined once, in the config dataclasses: the `gld curate` flags, their help,
-the Dataflow template's parameters (`deploy/dataflow/metadata.json`) and the README's flag list
-must agree with them. Each test here fails when one of those drifts."""
+"""A parameter is defined once, in the config dataclasses: the `gld curate` flags and their help
+are made from them (`pipeline.cli.settings`), and the Dataflow template's parameters
+(`deploy/dataflow/metadata.json`) and the README's flag list must agree with them. Each test here
+fails when one of those drifts."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.main import _OVERRIDES, _curate_parser
-from pipeline.curation.config import CurateConfig, build_config
+from pipeline.cli.main import _curate_parser, curate_flags, overrides_from
+from pipeline.cli.settings import BY_DEST, SETTINGS, help_text
+from pipeline.curation.config import build_config
 from transforms.extractors.config import FeatureConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
 #: `gld curate` flags that set no stage field: they are CurateConfig's own fields, or act on the run.
-_RUN_FLAGS = {"help", "train_csv", "output", "preset", "matching", "dry_run", "no_progress", "no_audit"}
+_RUN_FLAGS = {"train_csv", "output", "preset", "matching", "dry_run", "no_progress", "no_audit"}
+
+#: A value for each setting's flag that differs from the default preset's.
+_GIVEN = {bool: None, int: "7", float: "0.5", str: "x"}
 
 
-def _curate_actions() -> dict[str, Any]:
-    return {action.dest: action for action in _curate_parser()._actions}
+def _curate_dests() -> set[str]:
+    return {flag[2:].replace("-", "_") for flag in curate_flags()}
 
 
-def _effective(dest: str, preset: str = "gldv2-components") -> Any:
+def _effective(dest: str) -> Any:
     """What a run gets for flag `dest` when the flag is left out."""
-    config = build_config("train.csv", "out", preset)
+    config = build_config("train.csv", "out")
     if dest in ("preset", "matching"):
         return getattr(config, dest)
-    stage, name = _OVERRIDES[dest]
-    return getattr(getattr(config, stage), name)
+    setting = BY_DEST[dest]
+    return getattr(getattr(config, setting.stage), setting.field)
 
 
 def stated_default(text: str) -> str | None:
@@ -50,11 +54,11 @@ def stated_default(text: str) -> str | None:
 def default_holds(stated: str, dest: str) -> bool:
     """Whether `stated` (a stated default of flag `dest`) is what a run gets without the flag."""
     if re.fullmatch(r"[a-z]+ \d+(, [a-z]+ \d+)*", stated):  # per extractor
-        field = _OVERRIDES[dest][1]
+        field = BY_DEST[dest].field
         pairs = [item.split() for item in stated.split(", ")]
         return all(getattr(FeatureConfig(extractor=name), field) == int(n) for name, n in pairs)
-    if m := re.fullmatch(r"on in ([\w-]+)", stated):
-        return _effective(dest, m.group(1)) is True
+    if stated in ("on", "off"):
+        return _effective(dest) is (stated == "on")
     value = _effective(dest)
     if m := re.fullmatch(r"(\d+) MiB", stated):
         return value == int(m.group(1)) * 2**20
@@ -63,26 +67,32 @@ def default_holds(stated: str, dest: str) -> bool:
     return str(value) == stated or str(value).split("://")[-1] == stated
 
 
-def test_every_override_names_a_config_field():
-    stages = {f.name: f for f in dataclasses.fields(CurateConfig)}
-    config = build_config("train.csv", "out")
-    for flag, (stage, name) in _OVERRIDES.items():
-        assert stage in stages, flag
-        assert name in {f.name for f in dataclasses.fields(getattr(config, stage))}, flag
-
-
 def test_every_curate_flag_sets_a_config_field_or_the_run():
-    dests = set(_curate_actions())
-    assert dests - set(_OVERRIDES) == _RUN_FLAGS
-    assert set(_OVERRIDES) <= dests
+    assert _curate_dests() - set(BY_DEST) == _RUN_FLAGS
+    assert len(BY_DEST) == len(SETTINGS)  # no flag defined twice
+
+
+def test_every_setting_flag_parses_into_its_field():
+    """Give every setting's flag at once: each lands in its own stage field, with its type."""
+    argv = ["--train-csv", "t.csv", "--output", "o"]
+    for setting in SETTINGS:
+        argv.append(setting.flag)
+        if setting.value_type is not bool:
+            argv.append(setting.choices[-1] if setting.choices else _GIVEN[setting.value_type])
+    args, rest = _curate_parser().parse_known_args(argv)
+    assert rest == []
+    overrides = overrides_from(args)
+    for setting in SETTINGS:
+        value = overrides[setting.stage][setting.field]
+        assert type(value) is setting.value_type, setting.flag
 
 
 def test_help_states_the_real_defaults():
     stated = {}
-    for dest, action in _curate_actions().items():
-        if dest in _OVERRIDES and action.help and (value := stated_default(action.help)) is not None:
-            stated[dest] = value
-            assert default_holds(value, dest), f"--{dest.replace('_', '-')}: help says {value!r}"
+    for setting in SETTINGS:
+        if (value := stated_default(help_text(setting))) is not None:
+            stated[setting.dest] = value
+            assert default_holds(value, setting.dest), f"{setting.flag}: help says {value!r}"
     assert len(stated) >= 20  # the parser above still finds the defaults the help states
 
 
@@ -104,7 +114,7 @@ def _readme_flag_list() -> str:
 
 def test_readme_lists_every_curate_setting_flag():
     listed = set(re.findall(r"`(--[a-z][a-z-]*)", _readme_flag_list()))
-    flags = {"--" + dest.replace("_", "-") for dest in _curate_actions() if dest not in ("help", "dry_run")}
+    flags = curate_flags() - {"--dry-run"}
     flags -= {"--train-csv", "--output"}  # required, shown in every example above the list
     assert flags - listed == set()
     known = flags | {"--no-drop-isolated-components"}

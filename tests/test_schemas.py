@@ -340,18 +340,115 @@ def test_record_rows_round_trip() -> None:
     from schemas.records import AuditFinding, ImageDecision
     from schemas.tables import (
         decision_from_row,
-        decision_to_row,
         finding_from_row,
-        finding_to_row,
         pair_from_row,
-        pair_to_row,
+        record_to_row,
     )
     from schemas.vocabulary import Status
 
     decision = ImageDecision(3, "a", None, Status.FAILED, "http_404", "fetch", "gone")
-    assert decision_to_row(decision)["status"] == "failed"
-    assert decision_from_row(decision_to_row(decision)) == decision
+    assert record_to_row(decision)["status"] == "failed"
+    assert decision_from_row(record_to_row(decision)) == decision
     pair = PairResult(7, "a", "b", 12, 5, "")
-    assert pair_from_row(pair_to_row(pair)) == pair
+    assert pair_from_row(record_to_row(pair)) == pair
     finding = AuditFinding("split_class", 7, "", -1, "", 2, "component sizes [3, 3]")
-    assert finding_from_row(finding_to_row(finding)) == finding
+    assert finding_from_row(record_to_row(finding)) == finding
+
+
+def test_tables_derived_from_records_keep_their_format() -> None:
+    """The schemas made from the records are the on-disk formats users read: these columns,
+    these types, this order (a record change that would alter a file fails here)."""
+    import pyarrow as pa
+
+    from schemas.overlap import EVAL_OUTCOME_SCHEMA, OVERLAP_SCHEMA
+    from schemas.tables import AUDIT_SCHEMA, DECISIONS_SCHEMA, PAIRS_SCHEMA
+
+    s, i32, i64 = pa.string(), pa.int32(), pa.int64()
+    expected = {
+        "decisions": (
+            DECISIONS_SCHEMA,
+            [
+                ("id", s),
+                ("landmark_id", i64),
+                ("status", s),
+                ("reason", s),
+                ("stage", s),
+                ("detail", s),
+                ("degree", i32),
+                ("component_id", i32),
+                ("component_size", i32),
+                ("max_inliers", i32),
+                ("best_partner", s),
+                ("line", i64),
+            ],
+        ),
+        "pairs": (
+            PAIRS_SCHEMA,
+            [("landmark_id", i64), ("id_a", s), ("id_b", s), ("num_matches", i32), ("inliers", i32), ("reason", s)],
+        ),
+        "audit": (
+            AUDIT_SCHEMA,
+            [
+                ("kind", s),
+                ("landmark_a", i64),
+                ("id_a", s),
+                ("landmark_b", i64),
+                ("id_b", s),
+                ("score", i64),
+                ("detail", s),
+            ],
+        ),
+        "overlap": (
+            OVERLAP_SCHEMA,
+            [
+                ("train_id", s),
+                ("landmark_id", i64),
+                ("eval_id", s),
+                ("inliers", i32),
+                ("num_matches", i32),
+                ("similarity", pa.float32()),
+                ("reason", s),
+            ],
+        ),
+        "eval_images": (
+            EVAL_OUTCOME_SCHEMA,
+            [
+                ("id", s),
+                ("line", i64),
+                ("status", s),
+                ("stage", s),
+                ("reason", s),
+                ("detail", s),
+                ("num_features", i32),
+            ],
+        ),
+    }
+    for name, (schema, columns) in expected.items():
+        assert schema == pa.schema(columns), name
+
+
+def test_record_schema_refuses_what_it_cannot_store() -> None:
+    from dataclasses import dataclass
+
+    from schemas.tables import record_schema
+
+    @dataclass(frozen=True)
+    class Odd:
+        values: list
+
+    with pytest.raises(ValueError, match=r"Odd\.values"):
+        record_schema(Odd)
+    with pytest.raises(ValueError, match="no fields"):
+        record_schema(PairResult, last=("nothing",))
+
+
+def test_failure_rows_fill_the_failure_log() -> None:
+    from dataclasses import fields
+
+    from schemas.tables import INGEST_FAILURES_SCHEMA, ingest_failure_from_row, record_to_row
+
+    assert sorted(f.name for f in fields(Failure)) == sorted(INGEST_FAILURES_SCHEMA.names)
+    row = ManifestRow(4, "abc", "http://x/a.jpg", 9)
+    failure = Failure(4, "abc", 9, Stage.FETCH, Reason.HTTP_404, "gone", "http://x/a.jpg")
+    assert record_to_row(failure)["reason"] == "http_404"
+    assert ingest_failure_from_row(record_to_row(failure), row) == failure

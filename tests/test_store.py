@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from schemas.records import ImageDecision
-from schemas.tables import DECISIONS_SCHEMA, PAIRS_SCHEMA, decision_to_row
+from schemas.tables import DECISIONS_SCHEMA, PAIRS_SCHEMA, record_to_row
 from schemas.vocabulary import Status
 from transforms.store import (
     ParquetSpec,
@@ -53,7 +53,7 @@ def _decision(i: int, landmark_id: int | None = None, status: Status = Status.KE
 
 
 def _spec(rows_per_part: int) -> ParquetSpec:
-    return ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]), rows_per_part)
+    return ParquetSpec(DECISIONS_SCHEMA, record_to_row, lambda r: (r["id"], r["line"]), rows_per_part)
 
 
 DECISIONS = [_decision(i) for i in range(60)]
@@ -100,7 +100,7 @@ def test_write_sorted_parquet(tmp_path: Path, prefix: int) -> None:
     _write_sorted(path, shuffled, ROWS_PER_PART[prefix])
 
     assert sorted(os.listdir(tmp_path)) == ["decisions.parquet"], "nothing else left behind"
-    expected = sorted((decision_to_row(d) for d in DECISIONS), key=lambda r: r["id"])
+    expected = sorted((record_to_row(d) for d in DECISIONS), key=lambda r: r["id"])
     table = read_table(str(path))
     assert table.schema.equals(DECISIONS_SCHEMA)
     assert table.to_pylist() == expected

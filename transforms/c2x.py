@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 
 from schemas.records import ImageDecision
-from schemas.tables import DECISIONS_SCHEMA, decision_to_row
+from schemas.tables import DECISIONS_SCHEMA, record_to_row
 from schemas.vocabulary import Stage, Status
 from transforms.store import ParquetSpec, WriteSortedParquet, WriteTrainClean
 
@@ -54,5 +54,5 @@ class ExportRejectedSameClass(beam.PTransform):
             | "Rejected" >> beam.FlatMapTuple(rejected_of_clean_class)
         )
         rejected | "WriteCsv" >> WriteTrainClean(self._csv_path, ids_of=_listed)
-        spec = ParquetSpec(DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]))
+        spec = ParquetSpec(DECISIONS_SCHEMA, record_to_row, lambda r: (r["id"], r["line"]))
         return rejected | "WriteScores" >> WriteSortedParquet(self._scores_path, spec)

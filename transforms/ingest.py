@@ -22,7 +22,7 @@ from schemas.tables import (
     INGEST_FAILURES_SCHEMA,
     image_to_row,
     ingest_failure_from_row,
-    ingest_failure_to_row,
+    record_to_row,
 )
 from transforms.decode import DecodeConfig, DecodeImages
 from transforms.fetch import FetchConfig, FetchImages
@@ -221,7 +221,7 @@ class Ingest(beam.PTransform):
         )
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
         new_failures | "LogFailures" >> WriteStoreParts(
-            listing.log_dir, INGEST_FAILURES_SCHEMA, ingest_failure_to_row, replace(config.parts, indexed=False)
+            listing.log_dir, INGEST_FAILURES_SCHEMA, record_to_row, replace(config.parts, indexed=False)
         )
         images, failures = stored_now, new_failures
         if resuming:

@@ -255,7 +255,13 @@ class _VerifyAcrossFn(beam.DoFn):
                 matches, inliers, reason = verify_pair(features[train.id], features[evaluation.id], self._verify)
             tick(STAGE, "candidate_pairs")
             yield OverlapPair(
-                train.id, train.landmark_id, evaluation.id, round(similarity, 6), matches, inliers, reason
+                train_id=train.id,
+                landmark_id=train.landmark_id,
+                eval_id=evaluation.id,
+                inliers=inliers,
+                num_matches=matches,
+                similarity=round(similarity, 6),
+                reason=reason,
             )
 
 

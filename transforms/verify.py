@@ -26,7 +26,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from schemas.records import LocalFeatures, PairResult
-from schemas.tables import VERIFIED_SCHEMA, pair_to_row
+from schemas.tables import VERIFIED_SCHEMA, record_to_row
 from schemas.vocabulary import VERIFIED, PairReason, Stage
 from transforms.extractors.registry import learned_module
 from transforms.feature_store import read_features
@@ -295,7 +295,7 @@ class _VerifyBlockFn(beam.DoFn):
 def verified_row(verified: Verified) -> dict:
     """A row of the verified-pair store (`VERIFIED_SCHEMA`)."""
     result, sha_a, sha_b = verified
-    return {"id": f"{result.id_a} {result.id_b}", **pair_to_row(result), "sha_a": sha_a, "sha_b": sha_b}
+    return {"id": f"{result.id_a} {result.id_b}", **record_to_row(result), "sha_a": sha_a, "sha_b": sha_b}
 
 
 def _result_of(verified: Verified, _path: str, _index: int) -> PairResult:

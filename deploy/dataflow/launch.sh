@@ -34,6 +34,7 @@ if [[ -n "${WORKER_IMAGE:-}" ]]; then
     args+=(--sdk_container_image "$WORKER_IMAGE" --sdk_location container)
 else
     args+=(--setup_file ./setup.py)
+    export GLD_WORKER_PACKAGE=1  # the staged package leaves out pipeline.demo (setup.py)
 fi
 if [[ -n "${GPU:-}" ]]; then
     args+=(--gpu-accelerator "$GPU")

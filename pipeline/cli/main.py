@@ -40,198 +40,63 @@ _configure_logging()
 
 from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.cli.overlap import overlap_main  # noqa: E402
-from pipeline.curation.config import MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
-from transforms.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE  # noqa: E402
-from transforms.extractors.registry import EXTRACTORS  # noqa: E402
-from transforms.verify import MATCHERS  # noqa: E402
+from pipeline.cli.settings import FEATURES, INGEST, PAIRS, SELECTION, SETTINGS, add_settings, overrides_from  # noqa: E402
+from pipeline.curation.config import DEFAULT_PRESET, MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+
+#: The flags of `gld ingest` (and `gld curate`) that act on the whole run, not on one stage.
+_INGEST_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--train-csv", {"required": True, "help": "manifest with columns id,url,landmark_id (any Beam path)"}),
+    ("--output", {"required": True, "help": "output folder (any Beam path); re-runs reuse its images"}),
+    ("--no-progress", {"action": "store_true", "help": "no progress line on stderr"}),
+)
+#: `gld curate`'s flags that act on the whole run.
+_CURATE_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    *_INGEST_RUN_FLAGS,
+    (
+        "--preset",
+        {
+            "default": DEFAULT_PRESET,
+            "choices": sorted(PRESETS),
+            "help": f"settings bundle; the defaults below are its values (default {DEFAULT_PRESET})",
+        },
+    ),
+    ("--matching", {"default": "default", "choices": sorted(MATCHING_PRESETS), "help": "verification recipe preset"}),
+    (
+        "--dry-run",
+        {"action": "store_true", "help": "build the job offline and print its steps and resource hints (JSON)"},
+    ),
+    ("--no-audit", {"action": "store_true", "help": "skip the label-noise audit (audit.parquet stays empty)"}),
+)
 
 
-def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-csv", required=True, help="manifest with columns id,url,landmark_id (any Beam path)")
-    parser.add_argument("--output", required=True, help="output folder (any Beam path); re-runs reuse its images")
-    fetch = parser.add_argument_group("ingest")
-    fetch.add_argument("--images-dir", help="read <dir>/a/b/c/<id>.jpg instead of downloading the urls")
-    fetch.add_argument("--tar-dir", help="read the official images_NNN.tar shards (and md5 files) here")
-    fetch.add_argument(
-        "--retry-failed", action="store_true", default=None, help="fetch again the rows an earlier run failed on"
-    )
-    fetch.add_argument(
-        "--allow-private-hosts", action="store_true", default=None, help="allow loopback/private hosts (tests, demo)"
-    )
-    fetch.add_argument("--max-image-bytes", type=int, help="cap on one image's bytes (default 30 MiB)")
-    fetch.add_argument("--max-side", type=int, help="longest side after normalisation (default 1024)")
-    fetch.add_argument("--jpeg-quality", type=int, help="quality of the stored JPEG (default 90)")
-    fetch.add_argument("--fetch-threads", type=int, help="concurrent downloads per worker (default 16)")
-    fetch.add_argument("--max-per-host", type=int, help="concurrent requests to one host per worker (default 8)")
-    fetch.add_argument("--per-host-rps", type=float, help="request starts per second per host and worker (0: no cap)")
-    fetch.add_argument("--user-agent", help="User-Agent header sent with every request")
-    fetch.add_argument("--timeout", type=float, help="total seconds for one image, retries included (default 60)")
-    fetch.add_argument("--retries", type=int, help="retries on connection errors, 429 and 5xx (default 2)")
-    fetch.add_argument(
-        "--store-part-rows", type=int, help="images per store part; smaller parts lose less when a run is killed"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-
-
-def _ingest_parser(prog: str = "gld ingest", description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description
-        or "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
-        "--output reuses them. Unknown flags go to Beam.",
-    )
-    _add_ingest_flags(parser)
+def _parser(
+    prog: str, description: str, run_flags: tuple[tuple[str, dict[str, Any]], ...], groups: tuple[str, ...]
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for flag, options in run_flags:
+        parser.add_argument(flag, **options)
+    add_settings(parser, groups)
     return parser
 
 
-def _add_select_flags(parser: argparse.ArgumentParser) -> None:
-    select = parser.add_argument_group("selection")
-    select.add_argument("--min-inliers", type=int, help="inliers that make a verified edge (default 30)")
-    select.add_argument("--min-component-size", type=int, help="smallest component kept (default 2)")
-    select.add_argument("--policy", choices=["components", "degree"], help="selection rule (default components)")
-    select.add_argument(
-        "--keep-largest-component",
-        action="store_true",
-        default=None,
-        help="components policy: keep only a class's largest",
-    )
-    select.add_argument("--min-degree", type=int, help="degree policy: verified pairs an image needs (default 3)")
-    select.add_argument("--min-class-size", type=int, help="survivors a class needs to be kept (default 2)")
-    select.add_argument(
-        "--drop-isolated-components",
-        action=argparse.BooleanOptionalAction,
-        help="components policy: remove a small component beside a larger one of its class that no pair links "
-        "to the rest of the class (default: on in gldv2-components)",
-    )
-    select.add_argument(
-        "--isolated-max-size", type=int, help="largest component the isolated rule may remove (default 2)"
-    )
-    select.add_argument(
-        "--isolation-inliers",
-        type=int,
-        help="a pair with this many inliers to the rest of the class keeps a component (default 15)",
+def _ingest_parser() -> argparse.ArgumentParser:
+    return _parser(
+        "gld ingest",
+        "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
+        "--output reuses them. Unknown flags go to Beam.",
+        _INGEST_RUN_FLAGS,
+        (INGEST,),
     )
 
 
 def _curate_parser() -> argparse.ArgumentParser:
-    parser = _ingest_parser(
+    return _parser(
         "gld curate",
         "Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
+        _CURATE_RUN_FLAGS,
+        (INGEST, FEATURES, PAIRS, SELECTION),
     )
-    parser.add_argument("--preset", default="gldv2-components", choices=sorted(PRESETS))
-    parser.add_argument(
-        "--dry-run", action="store_true", help="build the job offline and print its steps and resource hints (JSON)"
-    )
-    features = parser.add_argument_group("features")
-    features.add_argument(
-        "--extractor",
-        choices=sorted(EXTRACTORS),
-        help="local feature extractor (default sift; aliked needs the learned extra)",
-    )
-    features.add_argument(
-        "--max-features",
-        type=int,
-        help="strongest features kept per image (default: "
-        + ", ".join(f"{name} {count}" for name, count in DEFAULT_MAX_FEATURES.items())
-        + ")",
-    )
-    features.add_argument(
-        "--working-side",
-        type=int,
-        help="longest side SIFT or ALIKED sees (default: "
-        + ", ".join(f"{name} {side}" for name, side in DEFAULT_WORKING_SIDE.items() if name != "delf")
-        + ")",
-    )
-    features.add_argument("--descriptor-dtype", choices=["float16", "float32", "uint8"], help="stored descriptors")
-    features.add_argument(
-        "--delf-model", help="DELF TF-Hub handle or SavedModel path (default tfhub.dev/google/delf/1)"
-    )
-    features.add_argument(
-        "--gpu-accelerator",
-        help="Beam accelerator hint for the feature step only, e.g. "
-        "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
-    )
-    pairs = parser.add_argument_group("pairs and verification")
-    pairs.add_argument(
-        "--pairs", choices=["all", "knn", "random"], help="candidate pairs per class (default all; knn above the cap)"
-    )
-    pairs.add_argument("--pairs-k", type=int, help="partners per image for knn/random (default 10)")
-    pairs.add_argument("--max-class-for-all", type=int, help="largest class that gets all pairs (default 40)")
-    pairs.add_argument("--seed", type=int, help="seed of pair sampling")
-    pairs.add_argument("--embedding-model", help="SavedModel (any Beam path) giving knn's global descriptor")
-    pairs.add_argument("--embedding-signature", help="its embedding signature (default serving_default)")
-    pairs.add_argument(
-        "--matching", default="default", choices=sorted(MATCHING_PRESETS), help="verification recipe preset"
-    )
-    pairs.add_argument("--ransac-model", choices=["affine", "homography", "fundamental"], help="default affine")
-    pairs.add_argument(
-        "--matcher",
-        choices=list(MATCHERS),
-        help="nn: nearest neighbours + ratio/mutual tests (default); lightglue: LightGlue on ALIKED features",
-    )
-    pairs.add_argument("--ratio", type=float, help="Lowe ratio (default 0.9)")
-    pairs.add_argument("--ransac-threshold", type=float, help="RANSAC reprojection threshold in px (default 12)")
-    _add_select_flags(parser)
-    parser.add_argument(
-        "--no-audit", action="store_true", help="skip the label-noise audit (audit.parquet stays empty)"
-    )
-    return parser
-
-
-# flag attribute -> (stage, config field)
-_OVERRIDES = {
-    "images_dir": ("fetch", "images_dir"),
-    "tar_dir": ("fetch", "tar_dir"),
-    "retry_failed": ("fetch", "retry_failed"),
-    "allow_private_hosts": ("fetch", "allow_private_hosts"),
-    "max_image_bytes": ("fetch", "max_bytes"),
-    "fetch_threads": ("fetch", "threads"),
-    "max_per_host": ("fetch", "max_per_host"),
-    "per_host_rps": ("fetch", "per_host_rps"),
-    "user_agent": ("fetch", "user_agent"),
-    "timeout": ("fetch", "total_timeout_s"),
-    "retries": ("fetch", "retries"),
-    "max_side": ("decode", "max_side"),
-    "jpeg_quality": ("decode", "jpeg_quality"),
-    "store_part_rows": ("store", "part_rows"),
-    "extractor": ("features", "extractor"),
-    "max_features": ("features", "max_features"),
-    "descriptor_dtype": ("features", "descriptor_dtype"),
-    "working_side": ("features", "working_side"),
-    "delf_model": ("features", "delf_model"),
-    "gpu_accelerator": ("features", "gpu_accelerator"),
-    "pairs": ("pairs", "mode"),
-    "pairs_k": ("pairs", "k"),
-    "max_class_for_all": ("pairs", "max_class_for_all"),
-    "seed": ("pairs", "seed"),
-    "embedding_model": ("pairs", "embedding_model"),
-    "embedding_signature": ("pairs", "embedding_signature"),
-    "ransac_model": ("verify", "model"),
-    "matcher": ("verify", "matcher"),
-    "ratio": ("verify", "ratio"),
-    "ransac_threshold": ("verify", "ransac_threshold"),
-    "min_inliers": ("select", "min_inliers"),
-    "min_component_size": ("select", "min_component_size"),
-    "policy": ("select", "policy"),
-    "keep_largest_component": ("select", "largest_component_only"),
-    "min_degree": ("select", "min_degree"),
-    "min_class_size": ("select", "min_class_size"),
-    "drop_isolated_components": ("select", "drop_isolated_components"),
-    "isolated_max_size": ("select", "isolated_max_size"),
-    "isolation_inliers": ("select", "isolation_inliers"),
-}
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The stage settings the flags given set (stage -> field -> value). A flag left out is None
-    (on-switches too: `default=None`) and leaves the preset's value; `--no-...` gives False."""
-    overrides: dict[str, dict[str, Any]] = {}
-    for attr, (stage, name) in _OVERRIDES.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            overrides.setdefault(stage, {})[name] = value
-    return overrides
 
 
 def _dry_run(config: CurateConfig, beam_args: list[str]) -> int:
@@ -344,7 +209,7 @@ def select_main(argv: list[str]) -> int:
     )
     parser.add_argument("--output", required=True, help="the --output folder of a finished gld curate run")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="take the selection part of this preset")
-    _add_select_flags(parser)
+    add_settings(parser, (SELECTION,))
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     args, beam_args = parser.parse_known_args(argv)
     select = overrides_from(args).get("select", {})
@@ -414,8 +279,7 @@ def make_tiny_delf_main(argv: list[str]) -> int:
 
 def curate_flags() -> frozenset[str]:
     """The long options of `gld curate` (e.g. `--train-csv`)."""
-    parser = _curate_parser()
-    return frozenset(s for action in parser._actions for s in action.option_strings if s.startswith("--"))
+    return frozenset(flag for flag, _ in _CURATE_RUN_FLAGS) | {setting.flag for setting in SETTINGS}
 
 
 def from_template_args(argv: list[str]) -> list[str]:

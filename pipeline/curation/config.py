@@ -15,6 +15,8 @@ from transforms.pairs import PairConfig
 from transforms.select import SelectConfig
 from transforms.verify import VerifyConfig
 
+#: The preset a run gets when it names none.
+DEFAULT_PRESET = "gldv2-components"
 #: Presets fill stage settings; explicit flags override them.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Connected components of the >= 30-inlier graph (this project's default rule), without the
@@ -75,7 +77,7 @@ class CurateConfig:
 
     train_csv: str
     output: str
-    preset: str = "gldv2-components"
+    preset: str = DEFAULT_PRESET
     matching: str = "default"
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -132,7 +134,7 @@ STAGE_CONFIGS = {
 def build_config(
     train_csv: str,
     output: str,
-    preset: str = "gldv2-components",
+    preset: str = DEFAULT_PRESET,
     overrides: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
     matching: str = "default",

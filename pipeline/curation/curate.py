@@ -38,12 +38,10 @@ from schemas.tables import (
     PAIRS_SCHEMA,
     VERIFIED_SCHEMA,
     decision_from_row,
-    decision_to_row,
     finding_from_row,
-    finding_to_row,
     member_to_row,
     pair_from_row,
-    pair_to_row,
+    record_to_row,
 )
 from schemas.vocabulary import Status
 from transforms.audit import AuditLabels, FindAuditCandidates
@@ -92,9 +90,9 @@ def _sorted_writer(path: str, spec_of: tuple) -> WriteSortedParquet:
     return WriteSortedParquet(path, ParquetSpec(schema, to_row, key))
 
 
-_DECISIONS = (DECISIONS_SCHEMA, decision_to_row, lambda r: (r["id"], r["line"]))
-_PAIRS = (PAIRS_SCHEMA, pair_to_row, lambda r: (r["id_a"], r["id_b"]))
-_AUDIT = (AUDIT_SCHEMA, finding_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"], r["landmark_a"]))
+_DECISIONS = (DECISIONS_SCHEMA, record_to_row, lambda r: (r["id"], r["line"]))
+_PAIRS = (PAIRS_SCHEMA, record_to_row, lambda r: (r["id_a"], r["id_b"]))
+_AUDIT = (AUDIT_SCHEMA, record_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"], r["landmark_a"]))
 _MEMBERS = (MEMBERS_SCHEMA, member_to_row, lambda r: (r["id"], r["line"]))
 
 

@@ -38,11 +38,9 @@ from schemas.overlap import (
     EVAL_OUTCOME_SCHEMA,
     OVERLAP_SCHEMA,
     EvalOutcome,
-    outcome_to_row,
-    overlap_to_row,
 )
 from schemas.records import Failure, FeatureRef, ImageDecision, ImageRef, ManifestRow
-from schemas.tables import decision_from_row, ingest_failure_from_row
+from schemas.tables import decision_from_row, ingest_failure_from_row, record_to_row
 from schemas.vocabulary import EvalStatus, Reason, Stage, Status
 from transforms.c2x import ExportRejectedSameClass
 from transforms.feature_store import ReuseStoredFeatures
@@ -496,15 +494,15 @@ def build_overlap(
         (eval_failures, feature_failures) | "AllEvalFailures" >> beam.Flatten() | "Failed" >> beam.Map(failed_outcome),
     ) | "Outcomes" >> beam.Flatten()
     outcomes | "WriteEvalImages" >> _sorted_writer(
-        out["eval_images"], EVAL_OUTCOME_SCHEMA, outcome_to_row, lambda r: (r["id"], r["line"])
+        out["eval_images"], EVAL_OUTCOME_SCHEMA, record_to_row, lambda r: (r["id"], r["line"])
     )
     inputs = {"train": train, "eval": evals}
     if settings.embedding_model:
         inputs |= {"train_images": train_images, "eval_images": eval_images}
     candidates = inputs | "FindOverlap" >> FindOverlap(settings)
-    candidates | "WriteCandidates" >> _sorted_writer(out["candidates"], OVERLAP_SCHEMA, overlap_to_row, _pair_key)
+    candidates | "WriteCandidates" >> _sorted_writer(out["candidates"], OVERLAP_SCHEMA, record_to_row, _pair_key)
     verified = candidates | "Verified" >> beam.Filter(lambda p: p.inliers >= settings.min_inliers)
-    verified | "WriteOverlap" >> _sorted_writer(out["overlap"], OVERLAP_SCHEMA, overlap_to_row, _pair_key)
+    verified | "WriteOverlap" >> _sorted_writer(out["overlap"], OVERLAP_SCHEMA, record_to_row, _pair_key)
     (
         {"pairs": verified | "PairsByClass" >> beam.Map(lambda p: (p.landmark_id, p)), "counts": members.counts}
         | "JoinClassCounts" >> beam.CoGroupByKey()
