@@ -6,7 +6,9 @@ import csv
 import itertools
 import random
 import re
+import socket
 import statistics
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.demo.data import DemoConfig, DemoDataset, generate_demo, read_truth
+from pipeline.demo.serve import serve_folder
 
 BASE_URL = "http://127.0.0.1:8000/"
 SMALL = DemoConfig(images=40, seed=7, image_size=320)
@@ -207,3 +210,18 @@ def test_views_match_within_landmarks_only(default_demo: DemoDataset, truth_rows
     assert sum(n < 30 for n in negatives) >= 0.95 * len(negatives), sorted(negatives)
     assert statistics.median(positives) >= 60, sorted(positives)
     assert statistics.median(negatives) < 15, sorted(negatives)
+
+
+def test_serve_folder_on_a_given_port(tmp_path: Path) -> None:
+    """`gld demo --port`: the URLs name the port asked for; a port in use is an OSError."""
+    (tmp_path / "a.txt").write_bytes(b"landmark")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serve_folder(str(tmp_path), port=port) as base:
+        assert base == f"http://127.0.0.1:{port}"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+        with direct.open(f"{base}/a.txt", timeout=10) as response:
+            assert response.read() == b"landmark"
+        with pytest.raises(OSError), serve_folder(str(tmp_path), port=port):
+            pass

@@ -167,11 +167,22 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--images", type=int, default=600, help="rows in the generated train.csv")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="loopback port to serve the images on (default: a free one); "
+        "the URLs name it, so runs on one port give byte-identical outputs",
+    )
+    parser.add_argument(
         "--with-baselines", action="store_true", help="then export, train (CPU, minutes) and evaluate retrieval"
     )
     parser.add_argument("--baseline-steps", type=int, default=1000, help="training steps of --with-baselines")
     args, beam_args = parser.parse_known_args(argv)
-    result = run_demo(args.output, args.images, args.seed, beam_args)
+    try:
+        result = run_demo(args.output, args.images, args.seed, beam_args, args.port)
+    except OSError as exc:
+        print(f"gld demo: error: {exc}", file=sys.stderr)
+        return 2
     score, counts = result["score"], result["run"]["counts"]
     print(f"rows {counts['rows']}: {counts['by_status']}")
     for key, value in counts["by_reason"].items():

@@ -72,12 +72,14 @@ def score_against_truth(train_clean_path: str, decisions_path: str, truth_csv: s
     return score_kept(kept, statuses, read_truth(truth_csv))
 
 
-def run_demo(output: str, images: int, seed: int, beam_args: list[str] | None = None) -> dict:
-    """Generate, serve, curate and score; returns the run summary plus the truth score."""
+def run_demo(output: str, images: int, seed: int, beam_args: list[str] | None = None, port: int = 0) -> dict:
+    """Generate, serve (on `port`, 0: a free one), curate and score; returns the run summary
+    plus the truth score. The URLs in the generated train.csv name the port, so two runs give
+    byte-identical outputs only on the same port."""
     started = time.time()
     data_dir = os.path.join(output, "data")
     curated_dir = os.path.join(output, "curated")
-    with serve_folder(data_dir if os.path.isdir(data_dir) else _mkdir(data_dir)) as base_url:
+    with serve_folder(data_dir if os.path.isdir(data_dir) else _mkdir(data_dir), port=port) as base_url:
         dataset = generate_demo(data_dir, base_url, DemoConfig(images=images, seed=seed))
         config = build_config(
             dataset.train_csv, curated_dir, overrides={"fetch": {"allow_private_hosts": True, "retries": 0}}

@@ -39,12 +39,13 @@ _HITS_LOCK = threading.Lock()
 
 
 @contextmanager
-def serve_folder(root: str, delay_s: float = 0.0, hits: Counter[str] | None = None) -> Iterator[str]:
-    """Serve `root` on 127.0.0.1 at a free port; yields the base URL (no trailing slash).
+def serve_folder(root: str, delay_s: float = 0.0, hits: Counter[str] | None = None, port: int = 0) -> Iterator[str]:
+    """Serve `root` on 127.0.0.1 at `port` (0: a free one); yields the base URL (no trailing
+    slash). OSError when the port is taken.
 
     `delay_s` delays every response; `hits`, when given, counts the requests per path."""
     handler = functools.partial(_QuietHandler, directory=root, delay_s=delay_s, hits=hits)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="gld-serve", daemon=True)
     thread.start()
