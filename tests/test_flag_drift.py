@@ -5,6 +5,7 @@ fails when one of those drifts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -128,3 +129,32 @@ def test_readme_states_the_real_defaults():
         assert default_holds(stated, flag[2:].replace("-", "_")), f"README: {flag} ({stated})"
         checked += 1
     assert checked >= 8
+
+
+def test_baseline_flags_are_their_configs_fields_with_their_defaults():
+    """`gld export-tfrecords|train|evaluate` flags are named as their config's fields, and a run
+    that gives only the required ones gets the config's defaults."""
+    from pipeline.baselines.evaluate import EvaluateConfig
+    from pipeline.baselines.tfrecords import ExportConfig
+    from pipeline.baselines.train import TrainConfig
+    from pipeline.cli.baselines import config_from, evaluate_parser, export_parser, train_parser
+
+    cases = [
+        (
+            export_parser(),
+            ["--train-clean", "t", "--images", "i", "--output", "o"],
+            ExportConfig("t", "i", "o"),
+            {"no_progress"},
+        ),
+        (train_parser(), ["--tfrecords", "t", "--output", "o"], TrainConfig("t", "o"), set()),
+        (
+            evaluate_parser(),
+            ["--model", "m", "--index-images", "i", "--query-images", "q", "--output", "o"],
+            EvaluateConfig("m", "i", "q", "o"),
+            {"no_progress", "solution"},
+        ),
+    ]
+    for parser, argv, expected, not_fields in cases:
+        args = parser.parse_args(argv)
+        assert set(vars(args)) - {f.name for f in dataclasses.fields(expected)} == not_fields
+        assert config_from(type(expected), args) == expected

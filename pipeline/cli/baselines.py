@@ -5,8 +5,31 @@ command."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from typing import Any
+
+from pipeline.cli.settings import StatedDefaults
+
+#: The numeric `gld train` flags: TrainConfig field -> what it sets (type and default from the config).
+_TRAIN_NUMBERS = {
+    "tiny_width": "channels of the first stage of the tiny backbone",
+    "image_size": "side of the square training crops",
+    "embedding_dim": "size of the embedding",
+    "batch_size": "images per step",
+    "steps": "training steps (0: export the untrained model)",
+    "checkpoint_every": "steps between checkpoints",
+    "log_every": "steps between loss log lines",
+    "seed": "seed of the shard order, the shuffle and the crops",
+    "shuffle_buffer": "examples in the shuffle buffer",
+    "learning_rate": "SGD learning rate",
+    "momentum": "SGD momentum",
+    "clip_norm": "gradient clipping norm",
+    "arcface_margin": "ArcFace additive angular margin (radians)",
+    "arcface_scale": "ArcFace logit scale",
+    "min_crop_area": "smallest random crop, as a share of the image area",
+}
 
 
 def demo_baselines(output: str, steps: int, beam_args: list[str]) -> None:
@@ -27,41 +50,53 @@ def demo_baselines(output: str, steps: int, beam_args: list[str]) -> None:
     print(json.dumps({"untrained_map@100": result["untrained_map@100"], "trained_map@100": result["trained_map@100"]}))
 
 
-def export_main(argv: list[str]) -> int:
-    from pipeline.baselines.tfrecords import ExportConfig, run_export
+def config_from(cls: type, args: argparse.Namespace) -> Any:
+    """The config dataclass `cls` from parsed flags named as its fields (a list as a tuple);
+    flags that are not fields (`--no-progress`, `--solution`) are left out."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
+
+def export_parser() -> argparse.ArgumentParser:
+    from pipeline.baselines.tfrecords import TRAIN, VALIDATION, ExportConfig
+
+    defaults = ExportConfig("", "", "")
     parser = argparse.ArgumentParser(
         prog="gld export-tfrecords",
         description="TFRecords in the official builder's format from a clean split and its stored images. "
         "Unknown flags go to Beam.",
+        formatter_class=StatedDefaults,
     )
     parser.add_argument("--train-clean", required=True, help="train_clean.csv of the split")
     parser.add_argument("--images", required=True, help="image store folder (DIR/images of gld curate|ingest)")
     parser.add_argument("--output", required=True, help="folder for the shards, relabeling.csv, export.json")
-    parser.add_argument("--train-shards", type=int, default=128)
-    parser.add_argument("--validation-shards", type=int, default=128)
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-shards", type=int, default=defaults.train_shards, help="TFRecord shards of train")
+    parser.add_argument(
+        "--validation-shards", type=int, default=defaults.validation_shards, help="TFRecord shards of validation"
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=defaults.validation_fraction,
+        help="share of each class held out for validation",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the per-class split")
     parser.add_argument(
         "--single-image-split",
-        choices=["train", "validation"],
-        default="train",
+        choices=[TRAIN, VALIDATION],
+        default=defaults.single_image_split,
         help="where a one-image class goes (the official builder: validation)",
     )
-    parser.add_argument("--no-progress", action="store_true")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return parser
+
+
+def export_main(argv: list[str]) -> int:
+    from pipeline.baselines.tfrecords import ExportConfig, run_export
+
+    args, beam_args = export_parser().parse_known_args(argv)
     try:
-        config = ExportConfig(
-            args.train_clean,
-            args.images,
-            args.output,
-            args.train_shards,
-            args.validation_shards,
-            args.validation_fraction,
-            args.seed,
-            args.single_image_split,
-        )
-        summary = run_export(config, beam_args, show_progress=not args.no_progress)
+        summary = run_export(config_from(ExportConfig, args), beam_args, show_progress=not args.no_progress)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"gld export-tfrecords: error: {exc}", file=sys.stderr)
         return 2
@@ -69,30 +104,40 @@ def export_main(argv: list[str]) -> int:
     return 0 if summary["accounting_ok"] else 1
 
 
-def train_main(argv: list[str]) -> int:
-    from pipeline.baselines.train import BACKBONES, STRATEGIES, TrainConfig, run_training
+def train_parser() -> argparse.ArgumentParser:
+    from pipeline.baselines.train import BACKBONES, STRATEGIES, TrainConfig
 
     defaults = TrainConfig("", "")
-    parser = argparse.ArgumentParser(prog="gld train", description="Train the ResNet-GeM-ArcFace baseline.")
+    parser = argparse.ArgumentParser(
+        prog="gld train",
+        description="Train the ResNet-GeM-ArcFace baseline.",
+        formatter_class=StatedDefaults,
+    )
     parser.add_argument("--tfrecords", required=True, help="folder of gld export-tfrecords")
     parser.add_argument("--output", required=True, help="folder for checkpoints/, logs/ and saved_model/")
-    parser.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
-    parser.add_argument("--backbone-weights", default="", help="Keras weights file for the ResNet backbone")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
-    parser.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
-    for name in ("tiny_width", "image_size", "embedding_dim", "batch_size", "steps", "checkpoint_every"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("log_every", "seed", "shuffle_buffer"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("learning_rate", "momentum", "clip_norm", "arcface_margin", "arcface_scale", "min_crop_area"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone, help="embedding network")
+    parser.add_argument(
+        "--backbone-weights", default=defaults.backbone_weights, help="Keras weights file for the ResNet backbone"
+    )
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default=defaults.strategy, help="tf.distribute strategy of the devices"
+    )
+    parser.add_argument("--tpu", default=defaults.tpu, help="TPU name or address for --strategy tpu")
+    for name, text in _TRAIN_NUMBERS.items():
+        default = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=text)
     parser.add_argument(
         "--test-scales", type=float, nargs="+", default=list(defaults.test_scales), help="scales of the export"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def train_main(argv: list[str]) -> int:
+    from pipeline.baselines.train import TrainConfig, run_training
+
+    args = train_parser().parse_args(argv)
     try:
-        config = TrainConfig(**{**vars(args), "test_scales": tuple(args.test_scales)})
-        result = run_training(config)
+        result = run_training(config_from(TrainConfig, args))
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"gld train: error: {exc}", file=sys.stderr)
         return 2
@@ -101,38 +146,37 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def evaluate_main(argv: list[str]) -> int:
-    from pipeline.baselines.evaluate import EvaluateConfig, run_evaluation
-    from pipeline.baselines.metrics import TASKS, recognition_scores, retrieval_scores
+def evaluate_parser() -> argparse.ArgumentParser:
+    from pipeline.baselines.evaluate import EvaluateConfig
+    from pipeline.baselines.metrics import TASKS
 
+    defaults = EvaluateConfig("", "", "", "")
     parser = argparse.ArgumentParser(
-        prog="gld evaluate", description="Embed, rank and write official predictions. Unknown flags go to Beam."
+        prog="gld evaluate",
+        description="Embed, rank and write official predictions. Unknown flags go to Beam.",
+        formatter_class=StatedDefaults,
     )
     parser.add_argument("--model", required=True, help="SavedModel of gld train")
     parser.add_argument("--index-images", required=True, help="image store folder of the index (or train) images")
     parser.add_argument("--query-images", required=True, help="image store folder of the query (test) images")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--task", choices=TASKS, default="retrieval")
-    parser.add_argument("--signature", default="embed_batch")
-    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--output", required=True, help="folder for the predictions and evaluate.json")
+    parser.add_argument("--task", choices=TASKS, default=defaults.task, help="what the predictions answer")
+    parser.add_argument("--signature", default=defaults.signature, help="the model's batch embedding signature")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="neighbours ranked per query")
     parser.add_argument("--rerank", action="store_true", help="re-rank the top by spatial verification")
-    parser.add_argument("--rerank-top", type=int, default=100)
+    parser.add_argument("--rerank-top", type=int, default=defaults.rerank_top, help="neighbours re-ranked")
     parser.add_argument("--solution", help="score the predictions against this solution CSV")
-    parser.add_argument("--no-progress", action="store_true")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return parser
+
+
+def evaluate_main(argv: list[str]) -> int:
+    from pipeline.baselines.evaluate import EvaluateConfig, run_evaluation
+    from pipeline.baselines.metrics import recognition_scores, retrieval_scores
+
+    args, beam_args = evaluate_parser().parse_known_args(argv)
     try:
-        config = EvaluateConfig(
-            args.model,
-            args.index_images,
-            args.query_images,
-            args.output,
-            task=args.task,
-            signature=args.signature,
-            top_k=args.top_k,
-            rerank=args.rerank,
-            rerank_top=args.rerank_top,
-        )
-        summary = run_evaluation(config, beam_args, show_progress=not args.no_progress)
+        summary = run_evaluation(config_from(EvaluateConfig, args), beam_args, show_progress=not args.no_progress)
         if args.solution:
             score = recognition_scores if args.task == "recognition" else retrieval_scores
             summary["scores"] = score(_read_text(args.solution), _read_text(summary["predictions"]))

@@ -260,6 +260,17 @@ def add_settings(parser: argparse.ArgumentParser, groups: Collection[str]) -> No
             arguments.add_argument(setting.flag, **options)
 
 
+class StatedDefaults(argparse.HelpFormatter):
+    """Help that ends in "(default X)" where a flag has a default worth stating: the value the
+    parser was given from its config dataclass (not None, "", or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if default is None or default is False or default in ("", argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default %(default)s)"
+
+
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The stage settings the flags given set (stage -> field -> value). A flag left out is
     None and leaves the preset's value; `--no-...` gives False."""
