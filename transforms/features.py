@@ -42,21 +42,22 @@ def extract_features(image: DecodedImage, extractor: Extractor) -> LocalFeatures
     """Features of one decoded image. Returns a Failure (extraction_error) when the stored JPEG
     does not decode or the extractor raises one of its `errors` for this image; a record with
     N = 0 when it finds nothing."""
+    return _decode_and_extract(image, extractor)[0]
+
+
+def _decode_and_extract(image: DecodedImage, extractor: Extractor) -> tuple[LocalFeatures | Failure, np.ndarray | None]:
+    """`extract_features`, with the pixels (uint8 RGB [H, W, 3]) it decoded for it; None when
+    the JPEG does not decode."""
+    row = image.row
     try:
         pixels = stored_pixels(image)
     except ValueError as exc:
-        return _extraction_failure(image.row, str(exc))
-    return _features_of(image, pixels, extractor)
-
-
-def _features_of(image: DecodedImage, pixels: np.ndarray, extractor: Extractor) -> LocalFeatures | Failure:
-    """`extract_features` of an image already decoded to `pixels` uint8 RGB [H, W, 3]."""
-    row = image.row
+        return _extraction_failure(row, str(exc)), None
     try:
         keypoints, descriptors, scales, scores = extractor(pixels)
     except (ValueError, *extractor.errors) as exc:
-        return _extraction_failure(row, str(exc))
-    return LocalFeatures(
+        return _extraction_failure(row, str(exc)), pixels
+    features = LocalFeatures(
         id=row.id,
         landmark_id=row.landmark_id,
         line=row.line,
@@ -67,6 +68,7 @@ def _features_of(image: DecodedImage, pixels: np.ndarray, extractor: Extractor) 
         width=image.width,
         height=image.height,
     )
+    return features, pixels
 
 
 def _extraction_failure(row: ManifestRow, detail: str) -> Failure:
@@ -104,11 +106,7 @@ def extract(item: DecodedImage | ImageRef, extractor: Extractor) -> Extracted:
         image = load_image(item)
     except (OSError, KeyError, pa.ArrowException) as exc:
         return Extracted(item, _extraction_failure(item.row, f"stored image unreadable: {type(exc).__name__}: {exc}"))
-    try:
-        pixels = stored_pixels(image)
-    except ValueError as exc:
-        return Extracted(item, _extraction_failure(item.row, str(exc)))
-    result = _features_of(image, pixels, extractor)
+    result, pixels = _decode_and_extract(image, extractor)
     if isinstance(result, Failure):
         return Extracted(item, result)
     return Extracted(item, result, summarize(image, pixels, result))
