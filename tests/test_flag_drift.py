@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.cli.main import _curate_parser, curate_flags, overrides_from
 from pipeline.cli.settings import BY_DEST, SETTINGS, help_text
+from pipeline.cli.template import template_metadata_text
 from pipeline.curation.config import build_config
 from transforms.extractors.config import FeatureConfig
 
@@ -95,6 +96,16 @@ def test_help_states_the_real_defaults():
             stated[setting.dest] = value
             assert default_holds(value, setting.dest), f"{setting.flag}: help says {value!r}"
     assert len(stated) >= 20  # the parser above still finds the defaults the help states
+
+
+def test_template_metadata_is_made_from_the_flags():
+    """deploy/dataflow/metadata.json is `gld template-metadata`'s output: regenerate it after a
+    flag changes (`gld template-metadata > deploy/dataflow/metadata.json`)."""
+    committed = (REPO / "deploy" / "dataflow" / "metadata.json").read_text(encoding="utf-8")
+    assert committed == template_metadata_text()
+    choices = {p["name"]: p["regexes"][0] for p in json.loads(committed)["parameters"]}
+    assert choices["extractor"] == "^(aliked|delf|sift)$"  # from the registry, not a copy
+    assert choices["pairs_k"] == "^[0-9]+$" and choices["retry_failed"] == "^(true|false)$"
 
 
 def test_template_parameters_state_the_real_defaults():

@@ -40,33 +40,18 @@ _configure_logging()
 
 from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.cli.overlap import overlap_main  # noqa: E402
-from pipeline.cli.settings import FEATURES, INGEST, PAIRS, SELECTION, SETTINGS, add_settings, overrides_from  # noqa: E402
-from pipeline.curation.config import DEFAULT_PRESET, MATCHING_PRESETS, PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
-
-#: The flags of `gld ingest` (and `gld curate`) that act on the whole run, not on one stage.
-_INGEST_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--train-csv", {"required": True, "help": "manifest with columns id,url,landmark_id (any Beam path)"}),
-    ("--output", {"required": True, "help": "output folder (any Beam path); re-runs reuse its images"}),
-    ("--no-progress", {"action": "store_true", "help": "no progress line on stderr"}),
+from pipeline.cli.settings import (  # noqa: E402
+    CURATE_RUN_FLAGS,
+    FEATURES,
+    INGEST,
+    INGEST_RUN_FLAGS,
+    PAIRS,
+    SELECTION,
+    add_settings,
+    curate_flags,
+    overrides_from,
 )
-#: `gld curate`'s flags that act on the whole run.
-_CURATE_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
-    *_INGEST_RUN_FLAGS,
-    (
-        "--preset",
-        {
-            "default": DEFAULT_PRESET,
-            "choices": sorted(PRESETS),
-            "help": f"settings bundle; the defaults below are its values (default {DEFAULT_PRESET})",
-        },
-    ),
-    ("--matching", {"default": "default", "choices": sorted(MATCHING_PRESETS), "help": "verification recipe preset"}),
-    (
-        "--dry-run",
-        {"action": "store_true", "help": "build the job offline and print its steps and resource hints (JSON)"},
-    ),
-    ("--no-audit", {"action": "store_true", "help": "skip the label-noise audit (audit.parquet stays empty)"}),
-)
+from pipeline.curation.config import PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
 def _parser(
@@ -84,7 +69,7 @@ def _ingest_parser() -> argparse.ArgumentParser:
         "gld ingest",
         "Fetch, decode and store the images of a train.csv (resumable); `gld curate` with the same "
         "--output reuses them. Unknown flags go to Beam.",
-        _INGEST_RUN_FLAGS,
+        INGEST_RUN_FLAGS,
         (INGEST,),
     )
 
@@ -94,7 +79,7 @@ def _curate_parser() -> argparse.ArgumentParser:
         "gld curate",
         "Clean a GLDv2-style train.csv into train_clean.csv. Unknown flags go to Beam "
         "(--runner, --direct_num_workers, --project, ...).",
-        _CURATE_RUN_FLAGS,
+        CURATE_RUN_FLAGS,
         (INGEST, FEATURES, PAIRS, SELECTION),
     )
 
@@ -288,9 +273,16 @@ def make_tiny_delf_main(argv: list[str]) -> int:
     return 0
 
 
-def curate_flags() -> frozenset[str]:
-    """The long options of `gld curate` (e.g. `--train-csv`)."""
-    return frozenset(flag for flag, _ in _CURATE_RUN_FLAGS) | {setting.flag for setting in SETTINGS}
+def template_metadata_main(argv: list[str]) -> int:
+    from pipeline.cli.template import template_metadata_text
+
+    argparse.ArgumentParser(
+        prog="gld template-metadata",
+        description="Print the Dataflow flex template's metadata, made from the gld curate flags "
+        "(gld template-metadata > deploy/dataflow/metadata.json).",
+    ).parse_args(argv)
+    sys.stdout.write(template_metadata_text())
+    return 0
 
 
 def from_template_args(argv: list[str]) -> list[str]:
@@ -319,6 +311,7 @@ COMMANDS = {
     "audit": audit_main,
     "select": select_main,
     "make-tiny-delf": make_tiny_delf_main,
+    "template-metadata": template_metadata_main,
 }
 COMMANDS.update(BASELINE_COMMANDS)
 COMMANDS["overlap"] = overlap_main

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from pipeline.curation.config import STAGE_CONFIGS, CurateConfig, build_config
+from pipeline.curation.config import (
+    DEFAULT_PRESET,
+    MATCHING_PRESETS,
+    PRESETS,
+    STAGE_CONFIGS,
+    CurateConfig,
+    build_config,
+)
 from transforms.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, DESCRIPTOR_DTYPE_NAMES
 from transforms.extractors.registry import EXTRACTORS
 from transforms.pairs import MODES
@@ -218,6 +225,39 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+#: The flags of `gld ingest` (and `gld curate`) that act on the whole run, not on one stage.
+INGEST_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--train-csv", {"required": True, "help": "manifest with columns id,url,landmark_id (any Beam path)"}),
+    ("--output", {"required": True, "help": "output folder (any Beam path); re-runs reuse its images"}),
+    ("--no-progress", {"action": "store_true", "help": "no progress line on stderr"}),
+)
+#: `gld curate`'s flags that act on the whole run.
+CURATE_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    *INGEST_RUN_FLAGS,
+    (
+        "--preset",
+        {
+            "default": DEFAULT_PRESET,
+            "choices": sorted(PRESETS),
+            "help": f"settings bundle that fills every setting not given (default {DEFAULT_PRESET})",
+        },
+    ),
+    (
+        "--matching",
+        {
+            "default": "default",
+            "choices": sorted(MATCHING_PRESETS),
+            "help": "verification recipe; delf-reference is DELF's official matcher",
+        },
+    ),
+    (
+        "--dry-run",
+        {"action": "store_true", "help": "build the job offline and print its steps and resource hints (JSON)"},
+    ),
+    ("--no-audit", {"action": "store_true", "help": "skip the label-noise audit (audit.parquet stays empty)"}),
+)
+
+
 #: The settings by argparse attribute.
 BY_DEST = {setting.dest: setting for setting in SETTINGS}
 
@@ -269,6 +309,11 @@ class StatedDefaults(argparse.HelpFormatter):
         if default is None or default is False or default in ("", argparse.SUPPRESS) or "%(default)" in text:
             return text
         return f"{text} (default %(default)s)"
+
+
+def curate_flags() -> frozenset[str]:
+    """The long options of `gld curate` (e.g. `--train-csv`)."""
+    return frozenset(flag for flag, _ in CURATE_RUN_FLAGS) | {setting.flag for setting in SETTINGS}
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
