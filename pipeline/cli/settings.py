@@ -3,8 +3,10 @@
 A `Setting` names its flag, the `CurateConfig` stage field it sets and what it does. Everything
 else is made from the config: the value type (the field's annotation), on-switches (bool
 fields), and the "(default X)" of the help, read from the default preset's resolved config, so
-the help cannot state a default a run does not get. `tests/test_flag_drift.py` checks the
-Dataflow template's parameters and the README's flag list against this table.
+the help cannot state a default a run does not get. The flags that act on the whole run
+(`CURATE_RUN_FLAGS`) are here too, so `curate_flags()` and the Dataflow template's metadata
+(`pipeline.cli.template`) read one place; `tests/test_flag_drift.py` checks the README's flag
+list against it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pipeline.curation.config import (
+    DEFAULT_MATCHING,
     DEFAULT_PRESET,
     MATCHING_PRESETS,
     PRESETS,
@@ -245,7 +248,7 @@ CURATE_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     (
         "--matching",
         {
-            "default": "default",
+            "default": DEFAULT_MATCHING,
             "choices": sorted(MATCHING_PRESETS),
             "help": "verification recipe; delf-reference is DELF's official matcher",
         },

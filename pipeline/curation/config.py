@@ -15,8 +15,8 @@ from transforms.pairs import PairConfig
 from transforms.select import SelectConfig
 from transforms.verify import VerifyConfig
 
-#: The preset a run gets when it names none.
-DEFAULT_PRESET = "gldv2-components"
+#: The preset and the matching preset a run gets when it names none.
+DEFAULT_PRESET, DEFAULT_MATCHING = "gldv2-components", "default"
 #: Presets fill stage settings; explicit flags override them.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Connected components of the >= 30-inlier graph (this project's default rule), without the
@@ -78,7 +78,7 @@ class CurateConfig:
     train_csv: str
     output: str
     preset: str = DEFAULT_PRESET
-    matching: str = "default"
+    matching: str = DEFAULT_MATCHING
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -137,7 +137,7 @@ def build_config(
     preset: str = DEFAULT_PRESET,
     overrides: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
-    matching: str = "default",
+    matching: str = DEFAULT_MATCHING,
 ) -> CurateConfig:
     """Resolve preset + matching preset + explicit overrides (stage -> field -> value) into a
     validated config."""
