@@ -97,7 +97,7 @@ def test_unknown_command_prints_usage(capsys) -> None:
 
 def test_select_refuses_a_folder_without_a_finished_curation(tmp_path, capsys) -> None:
     assert main(["select", "--output", str(tmp_path), "--min-inliers", "40"]) == 2
-    assert "needs a finished `gld curate --output`" in capsys.readouterr().err
+    assert "holds no finished run (no run.json): `gld select` needs one" in capsys.readouterr().err
     (tmp_path / "run.json").write_text("{}")
     assert main(["select", "--output", str(tmp_path)]) == 2
     assert "has no members, failures, pairs, audit_candidates" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
 from pipeline.curation.curate import output_paths, store_folders
+from pipeline.curation.run_folder import UnfinishedRun, finished_run
 from pipeline.runner import Counters, paths_under, run_pipeline, write_json
 from schemas.gldv2_csv import TRAIN_COLUMNS, parse_train_clean
 from schemas.overlap import (
@@ -527,13 +528,10 @@ def build_overlap(
 
 
 def _read_run(output: str) -> dict[str, Any]:
-    path = output_paths(output)["run_json"]
-    if not FileSystems.exists(path) or not FileSystems.exists(output_paths(output)["decisions"]):
-        raise FileNotFoundError(
-            f"{output} has no run.json/decisions.parquet: `gld overlap` needs a finished `gld curate`"
-        )
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
+    run = finished_run(output, "gld overlap")
+    if not FileSystems.exists(output_paths(output)["decisions"]):
+        raise UnfinishedRun(f"{output} has no decisions.parquet: run `gld curate --output {output} ...` again")
+    return run
 
 
 def _split_size(path: str) -> tuple[int, int]:

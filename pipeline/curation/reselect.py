@@ -9,7 +9,6 @@ fetched, extracted or matched.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -23,6 +22,7 @@ from pipeline.curation.curate import (
     merge_counters,
     output_paths,
 )
+from pipeline.curation.run_folder import finished_run
 from pipeline.runner import Counters, run_pipeline
 from schemas.vocabulary import AUDIT_KINDS, Stage
 from transforms.select import SelectConfig
@@ -50,11 +50,7 @@ def run_reselection(
 ) -> dict[str, Any]:
     """Re-select `output` with `preset`'s selection settings (the run's preset when None) and
     the `select` overrides (SelectConfig field -> value); returns the new run summary."""
-    path = output_paths(output)["run_json"]
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(f"{path} not found: `gld select` needs a finished `gld curate --output`")
-    with FileSystems.open(path) as handle:
-        previous = json.loads(handle.read().decode("utf-8"))
+    previous = finished_run(output, "gld select")
     tables = output_paths(output)
     missing = [name for name in SELECTION_INPUTS if not FileSystems.exists(tables[name])]
     if missing:
