@@ -125,12 +125,15 @@ class PairReason(str, Enum):
     TOO_FEW_MATCHES = "too_few_matches"
     DEGENERATE_KEYPOINTS = "degenerate_keypoints"
     NO_MODEL = "no_model"
+    #: adaptive verification skipped the pair: its images were already joined, so it could
+    #: change no decision (`transforms.rounds`); never matched, 0 matches and inliers
+    ALREADY_JOINED = "already_joined"
 
 
 #: The outcome counted for a pair RANSAC fitted (`verify/verified`).
 VERIFIED = "verified"
-#: The `verify/<outcome>` counters: one of them per verified pair.
-PAIR_OUTCOMES = (VERIFIED, *(reason.value for reason in PairReason))
+#: The `verify/<outcome>` counters: one of them per matched pair (a skipped pair is not matched).
+PAIR_OUTCOMES = (VERIFIED, *(reason.value for reason in PairReason if reason != PairReason.ALREADY_JOINED))
 
 
 class AuditKind(str, Enum):

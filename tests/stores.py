@@ -42,7 +42,8 @@ def _no_image(features: LocalFeatures) -> ImageRef:
     return ImageRef(row, "", 0, features.width, features.height, "")
 
 
-def block_items(element: tuple) -> list[tuple]:
-    """A GeneratePairs block as the (key, pair) items and `needs` (id, key) of `plan_class`."""
-    key, (pairs, refs) = element
-    return [("pair", (key, pair)) for pair in pairs] + [("need", (ref.id, key)) for ref in refs]
+def plan_items(element: tuple) -> list[tuple]:
+    """A GeneratePairs round plan as the (key, pair) items and `needs` (id, key) of `plan_class`."""
+    _, plan = element
+    needs = sorted({(image_id, c.block) for c in plan.candidates for image_id in (c.a, c.b)})
+    return [("pair", (c.block, (c.a, c.b))) for c in plan.candidates] + [("need", need) for need in needs]

@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.demo.data import _landmark_facade, _render_view
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
-from tests.stores import block_items, store_features, store_images
+from tests.stores import plan_items, store_features, store_images
 from transforms.decode import stored_pixels
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.sift import SiftExtractor
@@ -181,7 +181,9 @@ def test_generate_pairs_with_an_embedding_model(tmp_path, tiny_model: str) -> No
     ]
     config = PairConfig(mode="knn", k=2, embedding_model=tiny_model)
     members = [(image_id, np.float32(colour)) for image_id, colour in colours.items()]
-    expected = [item for item in plan_class(4, members, config) if not isinstance(item, beam.pvalue.TaggedOutput)]
+    expected = [
+        (c.block, (c.a, c.b)) for c in plan_class(4, members, config) if not isinstance(c, beam.pvalue.TaggedOutput)
+    ]
     assert {pair for _, pair in expected} == {
         ("a0", "a1"),
         ("a0", "a2"),
@@ -195,6 +197,6 @@ def test_generate_pairs_with_an_embedding_model(tmp_path, tiny_model: str) -> No
     with BeamTestPipeline(options=options) as pipeline:
         inputs = {"features": pipeline | "Features" >> beam.Create(refs)}
         inputs["images"] = pipeline | "Images" >> beam.Create(store_images(str(tmp_path / "images"), images))
-        blocks, _ = inputs | GeneratePairs(config)
-        pairs = blocks | beam.FlatMap(block_items) | beam.Filter(lambda i: i[0] == "pair") | beam.Values()
+        plans = inputs | GeneratePairs(config) | beam.Flatten()
+        pairs = plans | beam.FlatMap(plan_items) | beam.Filter(lambda i: i[0] == "pair") | beam.Values()
         assert_that(pairs, equal_to(expected))

@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import LocalFeatures
-from tests.stores import block_items, store_features
+from tests.stores import plan_items, store_features
 from transforms.global_descriptor import aggregate_local
 from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, plan_class
 
@@ -43,7 +43,7 @@ def _split(planned: list) -> tuple[list, list]:
             assert item.tag == "needs"
             needs.append(item.value)
         else:
-            main.append(item)
+            main.append((item.block, (item.a, item.b)))
     return main, needs
 
 
@@ -287,7 +287,7 @@ def test_knn_blocks_follow_neighbourhoods() -> None:
 def test_generate_pairs_transform(tmp_path, mode: str) -> None:
     # class 6 is above max_class_for_all (knn or random partners); its ids differ from class 5's
     classes = {5: _ids(6, seed=1), 6: [f"z{image_id}" for image_id in _ids(45, seed=2)], 9: ["solo"]}
-    config = PairConfig(mode=mode, max_class_for_all=40, k=3, block_size=4, seed=2)
+    config = PairConfig(mode=mode, max_class_for_all=40, k=3, block_size=4, seed=2, verification="exhaustive")
     rng = np.random.default_rng(7)
     features = [
         _features(image_id, lid, i, rng.integers(0, 256, (30, 128), dtype=np.uint8))
@@ -304,10 +304,11 @@ def test_generate_pairs_transform(tmp_path, mode: str) -> None:
 
     refs = store_features(str(tmp_path / "features"), features)
     with BeamTestPipeline(options=_beam_options()) as pipeline:
-        blocks, reused = {"features": pipeline | beam.Create(refs)} | GeneratePairs(config)
-        items = blocks | beam.FlatMap(block_items)
+        (plans,) = {"features": pipeline | beam.Create(refs)} | GeneratePairs(config)
+        items = plans | beam.FlatMap(plan_items)
         pairs = items | "Pairs" >> beam.Filter(lambda i: i[0] == "pair") | "PairValues" >> beam.Values()
         needs = items | "Needs" >> beam.Filter(lambda i: i[0] == "need") | "NeedValues" >> beam.Values()
         assert_that(pairs, equal_to(expected_main), label="CheckPairs")
         assert_that(needs, equal_to(expected_needs), label="CheckNeeds")
-        assert_that(reused, equal_to([]), label="NothingStored")
+        cached = plans | "Cached" >> beam.FlatMap(lambda element: element[1].cached)
+        assert_that(cached, equal_to([]), label="NothingStored")

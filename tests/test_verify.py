@@ -361,8 +361,8 @@ def test_verify_pairs_transform(tmp_path, scene: tuple) -> None:
 
     refs = store_features(str(tmp_path / "features"), features)
     with BeamTestPipeline(options=_beam_options()) as pipeline:
-        blocks, _ = {"features": pipeline | beam.Create(refs)} | GeneratePairs(pair_config)
-        results = blocks | VerifyPairs(verify_config, store=str(tmp_path / "verified"))
+        plans = {"features": pipeline | beam.Create(refs)} | GeneratePairs(pair_config)
+        results = plans | VerifyPairs(verify_config, store=str(tmp_path / "verified"))
         assert_that(results, equal_to(expected))
 
 

@@ -28,7 +28,7 @@ import apache_beam as beam
 import networkx as nx
 
 from schemas.records import ImageDecision, PairResult
-from schemas.vocabulary import Reason, Stage, Status
+from schemas.vocabulary import PairReason, Reason, Stage, Status
 from transforms.metering import meter
 from transforms.progress import tick
 
@@ -152,13 +152,17 @@ def select_class(
 
     Components are numbered within the class by decreasing size, ties by smallest id, so ids
     are stable across runs. `degree` counts verified edges, `max_inliers`/`best_partner` look
-    at every candidate pair of the image (best partner ties go to the smaller id).
+    at every matched candidate pair of the image (best partner ties go to the smaller id); pairs
+    that adaptive verification skipped are not evidence, so for an image with skipped pairs
+    these three can be lower than exhaustive verification's, while every decision is the same.
     Removal reasons: `no_verified_pair` (no edge at all), `small_component`,
     `not_largest_component` and `isolated_component` (components policy), `low_degree` (degree
     policy) and `class_too_small` (the image passed the rule but too few images of its class did).
     """
     lines = dict(members)
-    pairs = list(pairs)
+    # a pair adaptive verification skipped was never matched: no evidence either way, and it lies
+    # inside a component, where it could change no decision (`transforms.rounds`)
+    pairs = [pair for pair in pairs if pair.reason != PairReason.ALREADY_JOINED.value]
     graph = nx.Graph()
     graph.add_nodes_from(lines)
     best: dict[str, tuple[int, str]] = {}  # id -> (-inliers, partner): min() is the best

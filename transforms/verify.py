@@ -17,7 +17,7 @@ images.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -32,8 +32,9 @@ from transforms.extractors.registry import learned_module
 from transforms.feature_store import read_features
 from transforms.image_store import StoreConfig, WriteStoreParts
 from transforms.metering import meter
-from transforms.pairs import Block, BlockKey
+from transforms.pairs import Block, BlockKey, RoundPlan, round_blocks
 from transforms.progress import StageTimer, tick
+from transforms.rounds import SKIPPED, ClassGraph, SkipRule
 
 STAGE = Stage.VERIFY.value
 
@@ -260,36 +261,84 @@ def _feature_bytes(features: LocalFeatures) -> int:
 Verified = tuple[PairResult, str, str]  # a result and the sha256 of its two images' bytes
 
 
+#: The `verify/reused` counter: a pair whose stored result was used instead of matching it again.
+REUSED = "reused"
+
+
+def decide_block(
+    landmark_id: int, block: Block, rule: SkipRule | None, match: Callable[[str, str], PairResult]
+) -> Iterator[tuple[PairResult, str]]:
+    """(result, outcome) for each pair of `block`, in its order. Outcomes: `already_joined` (the
+    skip `rule` says the pair can change no decision: a 0-inlier result with that reason),
+    `reused` (the block's cached result), else the matched pair's outcome (`verified` or its
+    reason), from `match(a, b)`. With a rule the class's verified graph starts from the block's
+    states and takes each result in turn, so a pair that earlier pairs of the block joined is
+    skipped too. `rule` None: exhaustive, nothing skipped."""
+    graph = ClassGraph(rule) if rule is not None else None
+    for image_id, state in block.states.items():
+        graph.seed(image_id, *state)
+    for a, b in block.pairs:
+        if graph is not None and graph.can_skip(a, b):
+            yield PairResult(landmark_id, a, b, 0, 0, SKIPPED), SKIPPED
+            continue
+        result = block.cached.get((a, b))
+        if result is not None:
+            outcome = REUSED
+        else:
+            result = match(a, b)
+            outcome = result.reason or VERIFIED
+        if graph is not None:
+            graph.add(result)
+        yield result, outcome
+
+
 class _VerifyBlockFn(beam.DoFn):
-    """Verifies every candidate pair of one block pair, reading the <= 2 * block_size feature
-    sets it needs from the features store (never from the shuffle).
+    """Verifies the pairs of one block pair in order, reading the <= 2 * block_size feature sets
+    they need from the features store (never from the shuffle), and only once a pair needs
+    matching: a cached result (the verified-pair store's) is used as it is. With a skip `rule`
+    (adaptive verification) the block keeps the class's verified graph as the round started,
+    adds each result to it, and skips (`already_joined`) the pairs it has joined meanwhile.
 
-    Distributions `verify/block_feature_sets` and `verify/block_feature_bytes` record what
-    one call holds, the per-worker memory that stays flat however large a class is; counters
-    `verify/store_reads` and `verify/store_read_bytes` what it read from the store. A
-    reference the store cannot resolve raises: lost features are a broken run, not a pair
-    to skip."""
+    Main output: (PairResult, sha_a, sha_b) of each pair matched now; tag `decided`: the cached
+    and skipped ones. Distributions `verify/block_feature_sets` and `verify/block_feature_bytes`
+    record what one call holds, the per-worker memory that stays flat however large a class is;
+    counters `verify/store_reads` and `verify/store_read_bytes` what it read from the store. A
+    reference the store cannot resolve raises: lost features are a broken run, not a pair to
+    skip."""
 
-    def __init__(self, config: VerifyConfig) -> None:
+    def __init__(self, config: VerifyConfig, rule: SkipRule | None) -> None:
         self._config = config
+        self._rule = rule
         self._held_sets = Metrics.distribution(STAGE, "block_feature_sets")
         self._held_bytes = Metrics.distribution(STAGE, "block_feature_bytes")
 
-    def process(self, element: tuple[BlockKey, Block]) -> Iterator[Verified]:
-        (landmark_id, _, _), (pairs, refs) = element
-        features = read_features(refs)
-        shas = {ref.id: ref.sha256 for ref in refs}
+    def _read(self, block: Block) -> dict[str, LocalFeatures]:
+        features = read_features(block.refs)
         held = sum(_feature_bytes(f) for f in features.values())
         self._held_sets.update(len(features))
         self._held_bytes.update(held)
         # what the store serves: one row group per feature set of the block
         Metrics.counter(STAGE, "store_reads").inc(len(features))
         Metrics.counter(STAGE, "store_read_bytes").inc(held)
-        for a, b in sorted(pairs):
+        return features
+
+    def process(self, element: tuple[BlockKey, Block]) -> Iterator[Verified | beam.pvalue.TaggedOutput]:
+        (landmark_id, _, _), block = element
+        shas = {ref.id: ref.sha256 for ref in block.refs}
+        features: dict[str, LocalFeatures] = {}
+
+        def match(a: str, b: str) -> PairResult:
+            if not features:
+                features.update(self._read(block))
             with StageTimer(STAGE):
-                result = verify_result(landmark_id, features[a], features[b], self._config)
-            tick(STAGE, result.reason or VERIFIED)
-            yield result, shas[result.id_a], shas[result.id_b]
+                return verify_result(landmark_id, features[a], features[b], self._config)
+
+        for result, outcome in decide_block(landmark_id, block, self._rule, match):
+            tick(STAGE, outcome)
+            if outcome in (SKIPPED, REUSED):
+                yield beam.pvalue.TaggedOutput("decided", result)
+            else:
+                yield result, shas[result.id_a], shas[result.id_b]
 
 
 def verified_row(verified: Verified) -> dict:
@@ -302,35 +351,82 @@ def _result_of(verified: Verified, _path: str, _index: int) -> PairResult:
     return verified[0]
 
 
-class VerifyPairs(beam.PTransform):
-    """Blocks (BlockKey, (pairs, FeatureRefs)) -> PairResult PCollection (one per pair).
+def _first_round_blocks(
+    landmark_id: int, plan: RoundPlan, rule: SkipRule | None = None
+) -> Iterator[tuple[BlockKey, Block] | beam.pvalue.TaggedOutput]:
+    """`round_blocks` of a class's first round: nothing verified before it."""
+    return round_blocks(landmark_id, plan, (), rule)
 
-    Blocks are spread over workers first (one class can make thousands). With `store`, each
-    result is committed to the verified-pair store as it is made, and emitted once it is
-    there, so a re-run (or a killed run's successor) reuses it. With the `lightglue` matcher,
-    `accelerator` (a Beam accelerator resource hint) is put on the matching step alone (LightGlue's
-    weights are checked before the graph is built)."""
+
+def _later_round_blocks(
+    landmark_id: int, grouped: dict[str, Iterable], rule: SkipRule | None = None
+) -> Iterator[tuple[BlockKey, Block] | beam.pvalue.TaggedOutput]:
+    """`round_blocks` of one class from its CoGroupByKey'd round plan and earlier results."""
+    for plan in grouped["plan"]:
+        yield from round_blocks(landmark_id, plan, grouped["earlier"], rule)
+
+
+class VerifyPairs(beam.PTransform):
+    """Round plans, one PCollection of (landmark_id, RoundPlan) per round (`GeneratePairs`) ->
+    PairResult PCollection, one per candidate pair: matched, reused from the store, or skipped
+    (`already_joined`) under the skip `rule` (None: exhaustive, one round).
+
+    Round r's plans meet the results of rounds < r of their class (small records), which decide
+    what the round can skip; its blocks are spread over workers (one class can make thousands)
+    and verified. With `store`, each result matched is committed to the verified-pair store as
+    it is made, and emitted once it is there, so a re-run (or a killed run's successor) reuses
+    it. With the `lightglue` matcher, `accelerator` (a Beam accelerator resource hint) is put on
+    the matching steps alone (LightGlue's weights are checked before the graph is built)."""
 
     def __init__(
         self,
         config: VerifyConfig,
+        rule: SkipRule | None = None,
         store: str = "",
         parts: StoreConfig | None = None,
         accelerator: str = "",
     ) -> None:
         super().__init__()
         self._config = config
+        self._rule = rule
         self._store = store
         self._parts = parts or StoreConfig()
         self._accelerator = accelerator
 
-    def expand(self, blocks: beam.PCollection) -> beam.PCollection:
-        verify = beam.ParDo(_VerifyBlockFn(self._config))
+    def _verify(self, blocks: beam.PCollection, label: str) -> list[beam.PCollection]:
+        verify = beam.ParDo(_VerifyBlockFn(self._config, self._rule)).with_outputs("decided", main="matched")
         if self._accelerator and self._config.matcher == "lightglue":
             verify = verify.with_resource_hints(accelerator=self._accelerator)
-        verified = blocks | meter("MeterBlocks") | "SpreadBlocks" >> beam.Reshuffle() | "Verify" >> verify
+        spread = blocks | meter(f"{label}MeterBlocks") | f"{label}Spread" >> beam.Reshuffle()
+        verified = spread | f"{label}Verify" >> verify
         if not self._store:
-            return verified | "Results" >> beam.MapTuple(lambda result, _a, _b: result)
-        return verified | "StoreVerified" >> WriteStoreParts(
-            self._store, VERIFIED_SCHEMA, verified_row, self._parts, to_ref=_result_of
-        )
+            matched = verified.matched | f"{label}Results" >> beam.MapTuple(lambda result, _a, _b: result)
+        else:
+            matched = verified.matched | f"{label}Store" >> WriteStoreParts(
+                self._store, VERIFIED_SCHEMA, verified_row, self._parts, to_ref=_result_of
+            )
+        return [matched, verified.decided]
+
+    def expand(self, plans: tuple[beam.PCollection, ...]) -> beam.PCollection:
+        results: list[beam.PCollection] = []
+        for number, plan in enumerate(plans):
+            label = f"Round{number}"
+            if number == 0 or self._rule is None:
+                blocks = plan | f"{label}Blocks" >> beam.FlatMapTuple(
+                    _first_round_blocks, rule=self._rule
+                ).with_outputs("skipped", main="blocks")
+            else:
+                earlier = (
+                    results
+                    | f"{label}Earlier" >> beam.Flatten()
+                    | f"{label}ByClass" >> beam.Map(lambda r: (r.landmark_id, r))
+                    | meter(f"{label}MeterEarlier")
+                )
+                blocks = (
+                    {"plan": plan, "earlier": earlier}
+                    | f"{label}Join" >> beam.CoGroupByKey()
+                    | f"{label}Blocks"
+                    >> beam.FlatMapTuple(_later_round_blocks, rule=self._rule).with_outputs("skipped", main="blocks")
+                )
+            results += [blocks.skipped, *self._verify(blocks.blocks, label)]
+        return results | "AllResults" >> beam.Flatten()

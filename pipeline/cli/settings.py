@@ -29,7 +29,7 @@ from pipeline.curation.config import (
 )
 from transforms.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, DESCRIPTOR_DTYPE_NAMES
 from transforms.extractors.registry import EXTRACTORS
-from transforms.pairs import MODES
+from transforms.pairs import MODES, VERIFICATIONS
 from transforms.select import POLICIES
 from transforms.verify import MATCHERS, MIN_MATCHES
 
@@ -171,6 +171,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--pairs-k", "pairs", "k", "partners per image for knn/random", PAIRS),
     Setting("--max-class-for-all", "pairs", "max_class_for_all", "largest class that gets all pairs", PAIRS),
     Setting("--seed", "pairs", "seed", "seed of pair sampling", PAIRS),
+    Setting(
+        "--verification",
+        "pairs",
+        "verification",
+        "adaptive: verify best partners first, skip pairs that can change no decision; exhaustive: every pair",
+        PAIRS,
+        choices=VERIFICATIONS,
+    ),
     Setting(
         "--embedding-model",
         "pairs",

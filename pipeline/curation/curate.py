@@ -51,6 +51,7 @@ from transforms.features import ExtractFeatures
 from transforms.image_store import ReadStore, settings_key
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.pairs import GeneratePairs
+from transforms.rounds import SkipRule
 from transforms.select import SelectClean
 from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table, remove_table
 from transforms.verify import VerifyPairs
@@ -96,6 +97,11 @@ _AUDIT = (AUDIT_SCHEMA, record_to_row, lambda r: (r["id_a"], r["id_b"], r["kind"
 _MEMBERS = (MEMBERS_SCHEMA, member_to_row, lambda r: (r["id"], r["line"]))
 
 
+def skip_rule(config: CurateConfig) -> SkipRule | None:
+    """What adaptive verification must preserve (the run's selection rule); None: exhaustive."""
+    return SkipRule.of(config.select) if config.pairs.verification == "adaptive" else None
+
+
 def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Preflight) -> dict[str, beam.PCollection]:
     """Wire the heavy half of the curation into `pipeline`: ingest, features, candidate pairs and
     their verification. It writes what selection reads (`pairs`, `members`, `failures`,
@@ -114,18 +120,18 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Prefl
     extracted, feature_failures = to_extract | "ExtractFeatures" >> extract
     features = (reused, extracted) | "AllFeatures" >> beam.Flatten()
     stored_pairs = pipeline | "ReadVerified" >> ReadStore(stores["verified"], VERIFIED_COLUMNS, "verify")
-    blocks, reused_pairs = {
+    plans = {
         "features": features,
         "images": images,
         "stored": stored_pairs,
     } | "GeneratePairs" >> GeneratePairs(config.pairs)
-    verified = blocks | "VerifyPairs" >> VerifyPairs(
+    pairs = plans | "VerifyPairs" >> VerifyPairs(
         config.verify,
+        rule=skip_rule(config),
         store=stores["verified"],
         parts=dataclasses.replace(config.store.scaled(64), indexed=False),
         accelerator=config.features.gpu_accelerator,
     )
-    pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()
 
     pairs | "WritePairs" >> _sorted_writer(out["pairs"], _PAIRS)
