@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from collections import Counter
@@ -18,6 +19,7 @@ from pipeline.demo.data import DemoConfig, generate_demo, read_truth
 from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from schemas.vocabulary import PAIR_OUTCOMES
+from transforms.rounds import SKIPPED
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
 
@@ -237,17 +239,18 @@ SELECTION_FILES = ("train_clean.csv", "decisions.parquet", "c2x_rejected.csv", "
 
 
 def test_select_equals_a_fresh_curate_and_matches_nothing(
-    curated: dict, tmp_path_factory: pytest.TempPathFactory
+    curated: dict, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture
 ) -> None:
     """`gld select` with another rule on a finished run writes what a fresh run with that rule
     writes, byte for byte, without extracting or verifying anything."""
     root = tmp_path_factory.mktemp("select")
     base, reselected, fresh = str(root / "base"), str(root / "reselected"), str(root / "fresh")
-    assert main(["curate", *_images_args(curated, base), *BEAM]) == 0
+    exhaustive = ["--verification", "exhaustive"]
+    assert main(["curate", *_images_args(curated, base), *exhaustive, *BEAM]) == 0
     shutil.copytree(base, reselected)  # a copied run folder is re-selected where it now is
     rule = ["--policy", "degree", "--min-degree", "2", "--min-inliers", "150"]
     assert main(["select", "--output", reselected, *rule, "--no-progress"]) == 0
-    assert main(["curate", *_images_args(curated, fresh), *rule, *BEAM]) == 0
+    assert main(["curate", *_images_args(curated, fresh), *rule, *exhaustive, *BEAM]) == 0
     for name in (*SELECTION_FILES, "pairs.parquet"):
         with open(os.path.join(reselected, name), "rb") as a, open(os.path.join(fresh, name), "rb") as b:
             assert a.read() == b.read(), name
@@ -256,6 +259,29 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     for stage in ("features", "verify", "fetch"):
         assert after["counters"][stage] == before["counters"][stage], stage
     assert after["counts"] != before["counts"]  # the stricter rule removed images
+
+    # after adaptive verification a stricter rule needs pairs the run skipped: select stops and
+    # names the curate that matches them; that curate then decides as exhaustive verification
+    adaptive = str(root / "adaptive")
+    assert main(["curate", *_images_args(curated, adaptive), *BEAM]) == 0
+    assert main(["select", "--output", adaptive, *rule, "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    assert "pairs that adaptive verification skipped could change this selection" in message
+    command = shlex.split(message.split("with: ", 1)[1])
+    assert command[:2] == ["gld", "curate"] and "--min-inliers" in command and "--images-dir" in command
+    assert main([*command[1:], *BEAM]) == 0
+    assert _run_json(adaptive)["counters"]["verify"]["reused"] > 0
+    for name in ("train_clean.csv", "c2x_rejected.csv"):
+        with open(os.path.join(adaptive, name), "rb") as a, open(os.path.join(fresh, name), "rb") as b:
+            assert a.read() == b.read(), name
+    # a lower threshold needs nothing the run skipped: exact, and no check job
+    assert main(["select", "--output", adaptive, "--min-inliers", "60", "--no-progress"]) == 0
+    assert main(["select", "--output", base, "--min-inliers", "60", "--no-progress"]) == 0
+    with (
+        open(os.path.join(adaptive, "train_clean.csv"), "rb") as a,
+        open(os.path.join(base, "train_clean.csv"), "rb") as b,
+    ):
+        assert a.read() == b.read()
 
 
 def test_rerun_with_new_rows_extracts_and_verifies_only_the_new_work(
@@ -273,6 +299,7 @@ def test_rerun_with_new_rows_extracts_and_verifies_only_the_new_work(
     assert main(["curate", *_images_args(curated, out, partial), *BEAM]) == 0
     first = _run_json(out)
     first_pairs = _pairs_of(first)
+    first_matched = _pairs_of(first, matched_only=True)
     assert main(["curate", *_images_args(curated, out, full), *BEAM]) == 0
     second = _run_json(out)
     extracted_before = first["counters"]["features"]["ok"]
@@ -281,13 +308,16 @@ def test_rerun_with_new_rows_extracts_and_verifies_only_the_new_work(
     assert 0 < new_images <= len(lines) - len(head)
     pairs = pq.read_table(os.path.join(out, "pairs.parquet")).to_pylist()
     verify = second["counters"]["verify"]
-    assert verify["reused"] == len(first_pairs) > 0
-    assert verify["reused"] + sum(verify.get(k, 0) for k in PAIR_OUTCOMES) == len(pairs)
+    # the new images re-rank partners: some pairs matched before are skipped now, none is matched twice
+    assert 0 < verify["reused"] <= len(first_matched)
+    skipped = verify.get(SKIPPED, 0)
+    assert verify["reused"] + sum(verify.get(k, 0) for k in PAIR_OUTCOMES) + skipped == len(pairs)
     assert first_pairs <= {(p["id_a"], p["id_b"]) for p in pairs}
     reference = curated["outputs"][0]
     with open(os.path.join(out, "pairs.parquet"), "rb") as a, open(os.path.join(reference, "pairs.parquet"), "rb") as b:
         assert a.read() == b.read()
 
 
-def _pairs_of(run: dict) -> set[tuple[str, str]]:
-    return {(p["id_a"], p["id_b"]) for p in pq.read_table(run["outputs"]["pairs"]).to_pylist()}
+def _pairs_of(run: dict, matched_only: bool = False) -> set[tuple[str, str]]:
+    pairs = pq.read_table(run["outputs"]["pairs"]).to_pylist()
+    return {(p["id_a"], p["id_b"]) for p in pairs if not (matched_only and p["reason"] == SKIPPED)}

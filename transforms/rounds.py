@@ -20,16 +20,22 @@ verification.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import apache_beam as beam
 import numpy as np
 
 from schemas.records import PairResult
-from schemas.vocabulary import PairReason
+from schemas.vocabulary import PairReason, Stage
+from transforms.metering import meter
+from transforms.progress import tick
 from transforms.select import SelectConfig
 
 SKIPPED = PairReason.ALREADY_JOINED.value
+STAGE = Stage.SELECT.value
+#: The `select/unsafe_skips` counter of `FindUnsafeSkips`.
+UNSAFE_SKIPS = "unsafe_skips"
 
 
 @dataclass(frozen=True)
@@ -160,3 +166,30 @@ def pair_ranks(pairs: list[tuple[int, int]], partners: np.ndarray) -> list[int]:
     rank_of = {(int(i), int(j)): r for i, row in enumerate(partners) for r, j in enumerate(row)}
     large = partners.shape[1]
     return [min(rank_of.get((i, j), large), rank_of.get((j, i), large)) for i, j in pairs]
+
+
+def _unsafe_in_class(
+    _landmark_id: int, pairs: Iterable[PairResult], rule: SkipRule = SkipRule(1)
+) -> Iterator[PairResult]:
+    for pair in unsafe_skips(pairs, rule):
+        tick(STAGE, UNSAFE_SKIPS)
+        yield pair
+
+
+class FindUnsafeSkips(beam.PTransform):
+    """PairResult PCollection (a run's `pairs.parquet`) -> the skipped pairs that `rule` would
+    not skip on their class's final graph (`unsafe_skips`), counted as `select/unsafe_skips`:
+    the pairs a selection stricter than the run's needs matched before it can be exact."""
+
+    def __init__(self, rule: SkipRule) -> None:
+        super().__init__()
+        self._rule = rule
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        return (
+            pairs
+            | "ByClass" >> beam.Map(lambda p: (p.landmark_id, p))
+            | meter("MeterPairs")
+            | "GroupByClass" >> beam.GroupByKey()
+            | "Unsafe" >> beam.FlatMapTuple(_unsafe_in_class, rule=self._rule)
+        )

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -195,7 +196,8 @@ def demo_main(argv: list[str]) -> int:
 
 
 def select_main(argv: list[str]) -> int:
-    from pipeline.curation.reselect import run_reselection
+    from pipeline.cli.settings import flags_of
+    from pipeline.curation.reselect import SkippedPairsNeeded, run_reselection
 
     parser = argparse.ArgumentParser(
         prog="gld select",
@@ -211,6 +213,14 @@ def select_main(argv: list[str]) -> int:
     select = overrides_from(args).get("select", {})
     try:
         run = run_reselection(args.output, args.preset, select, beam_args, progress=not args.no_progress)
+    except SkippedPairsNeeded as exc:
+        command = shlex.join(["gld", "curate", "--train-csv", exc.config.train_csv, *flags_of(exc.config)])
+        print(
+            f"gld select: error: {exc} (their images were already joined at the run's settings); match them, "
+            f"reusing every stored image, feature set and verified pair, with: {command}",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
         print(f"gld select: error: {exc}", file=sys.stderr)
         return 2

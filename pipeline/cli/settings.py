@@ -327,6 +327,27 @@ def curate_flags() -> frozenset[str]:
     return frozenset(flag for flag, _ in CURATE_RUN_FLAGS) | {setting.flag for setting in SETTINGS}
 
 
+def flags_of(config: CurateConfig) -> list[str]:
+    """The `gld curate` flags (after `--train-csv`) that give `config`: `--output`, its preset
+    and matching preset when not the defaults, then every setting whose value differs from what
+    that preset gives, in the order of `SETTINGS`."""
+    flags = ["--output", config.output]
+    if config.preset != DEFAULT_PRESET:
+        flags += ["--preset", config.preset]
+    if config.matching != DEFAULT_MATCHING:
+        flags += ["--matching", config.matching]
+    preset = build_config(config.train_csv, config.output, config.preset, matching=config.matching)
+    for setting in SETTINGS:
+        value = getattr(getattr(config, setting.stage), setting.field)
+        if value == getattr(getattr(preset, setting.stage), setting.field):
+            continue
+        if setting.value_type is bool:
+            flags.append(setting.flag if value else f"--no-{setting.flag[2:]}")
+        else:
+            flags += [setting.flag, str(value)]
+    return flags if config.audit.enabled else [*flags, "--no-audit"]
+
+
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The stage settings the flags given set (stage -> field -> value). A flag left out is
     None and leaves the preset's value; `--no-...` gives False."""

@@ -4,6 +4,12 @@ Reads `run.json` for the run's settings, replaces the selection settings (a pres
 part, then explicit flags, over the defaults: exactly what a fresh `gld curate` with those flags
 would use), and runs the same `build_selection` job that `gld curate` runs second. Nothing is
 fetched, extracted or matched.
+
+After adaptive verification a selection is exact when the run's skip rule covers the new one (a
+lower or equal threshold, no stricter degree or isolated-component rule). Otherwise the skipped
+pairs are checked against the new rule on the verified graph first, and when some could change
+the selection it stops (`SkippedPairsNeeded`) rather than guess: `gld curate` with the new
+settings matches exactly those pairs, reusing everything stored.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import PRESETS, CurateConfig
@@ -21,14 +28,42 @@ from pipeline.curation.curate import (
     finish_run,
     merge_counters,
     output_paths,
+    skip_rule,
 )
 from pipeline.curation.run_folder import finished_run
 from pipeline.runner import Counters, run_pipeline
+from schemas.tables import pair_from_row
 from schemas.vocabulary import AUDIT_KINDS, Stage
+from transforms.rounds import UNSAFE_SKIPS, FindUnsafeSkips, SkipRule
 from transforms.select import SelectConfig
+from transforms.store import ReadTable
 
 #: What the selection job reads (written by the first job of `gld curate`).
 SELECTION_INPUTS = ("members", "failures", "pairs", "audit_candidates")
+
+
+class SkippedPairsNeeded(ValueError):
+    """A selection that pairs skipped by the run's adaptive verification could change: `count`
+    of them must be matched first, by `gld curate` with `config` (which reuses every stored
+    image, feature set and verified pair, and matches only the pairs it needs)."""
+
+    def __init__(self, count: int, config: CurateConfig) -> None:
+        super().__init__(f"{count} pairs that adaptive verification skipped could change this selection")
+        self.count = count
+        self.config = config
+
+
+def _unsafe_skips(config: CurateConfig, beam_args: list[str] | None, progress: bool) -> int:
+    """How many of the run's skipped pairs `config`'s selection would not skip (a Beam job over
+    pairs.parquet: no feature is read)."""
+    rule = SkipRule.of(config.select)
+    path = output_paths(config.output)["pairs"]
+    counters, _ = run_pipeline(
+        lambda p: p | "ReadPairs" >> ReadTable(path) | "ToPairs" >> beam.Map(pair_from_row) | FindUnsafeSkips(rule),
+        beam_args,
+        progress,
+    )
+    return counters.get(Stage.SELECT.value, {}).get(UNSAFE_SKIPS, 0)
 
 
 def _first_job_counters(counters: Counters) -> Counters:
@@ -64,7 +99,14 @@ def run_reselection(
         raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(PRESETS)}")
     settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
     # the folder given, not the one recorded: a run folder may have been copied or moved
+    run_rule = skip_rule(config)
     config = dataclasses.replace(config, output=output, select=settings, progress=progress)
+    # exact without a look when the run skipped nothing this selection could need (a lower
+    # threshold, the same rule); else count the skipped pairs it would not skip
+    if run_rule is not None and not run_rule.covers(SkipRule.of(settings)):
+        unsafe = _unsafe_skips(config, beam_args, progress)
+        if unsafe:
+            raise SkippedPairsNeeded(unsafe, config)
     clear_tables(output, SELECTION_TABLES)
     counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
     merged = merge_counters(_first_job_counters(previous["counters"]), counters)
