@@ -88,7 +88,7 @@ def test_max_features_caps_the_strongest(config: FeatureConfig) -> None:
     assert np.array_equal(capped.scores, full.scores[:50])
 
 
-@pytest.mark.parametrize("matcher", ["nn", "lightglue"])
+@pytest.mark.parametrize("matcher", ["nn", "lightglue", "cascade"])
 def test_a_warped_view_verifies_and_an_unrelated_image_does_not(config: FeatureConfig, matcher: str) -> None:
     pixels = _textured(4)
     view, affine = _warped(pixels)
@@ -102,6 +102,22 @@ def test_a_warped_view_verifies_and_an_unrelated_image_does_not(config: FeatureC
     points_a, points_b = inlier_matches(a, b, verify)
     mapped = np.hstack([points_a, np.ones((len(points_a), 1), np.float32)]) @ affine.T
     assert np.median(np.linalg.norm(mapped - points_b, axis=1)) < 3.0
+
+
+def test_the_cascade_keeps_what_nearest_neighbours_settle_and_asks_lightglue_the_rest(config: FeatureConfig) -> None:
+    pixels = _textured(4)
+    a, b = _features("a", pixels, config), _features("b", _warped(pixels)[0], config)
+    other = _features("c", _textured(5), config)
+    nn, lightglue = VerifyConfig(matcher="nn"), VerifyConfig(matcher="lightglue")
+    settled = verify_pair(a, b, nn)
+    assert settled[1] >= 30
+    assert verify_pair(a, b, VerifyConfig(matcher="cascade", cascade_accept=30)) == settled
+    # above what nearest neighbours reach, LightGlue decides
+    stricter = VerifyConfig(matcher="cascade", cascade_accept=settled[1] + 1)
+    assert verify_pair(a, b, stricter) == verify_pair(a, b, lightglue)
+    assert verify_pair(a, other, VerifyConfig(matcher="cascade")) == verify_pair(a, other, lightglue)
+    points = inlier_matches(a, b, stricter)
+    assert len(points[0]) == verify_pair(a, b, lightglue)[1]
 
 
 def test_lightglue_of_an_empty_feature_set_matches_nothing(config: FeatureConfig) -> None:
@@ -122,6 +138,8 @@ def test_lightglue_of_an_empty_feature_set_matches_nothing(config: FeatureConfig
 def test_lightglue_needs_aliked_features() -> None:
     with pytest.raises(ValueError, match="lightglue"):
         build_config("t.csv", "out", overrides={"verify": {"matcher": "lightglue"}})
+    with pytest.raises(ValueError, match="cascade"):
+        build_config("t.csv", "out", overrides={"verify": {"matcher": "cascade"}})
     with pytest.raises(ValueError, match="lightglue"):
         build_config(
             "t.csv",

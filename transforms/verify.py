@@ -17,6 +17,8 @@ images.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -49,7 +51,9 @@ _MIN_SPREAD_PX = 1.0
 # Inner local optimisation: re-fits of a new best model, each on this many of its inliers.
 _LO_ITERATIONS, _LO_SAMPLE_SIZE = 10, 14
 
-MATCHERS = ("nn", "lightglue")
+MATCHERS = ("nn", "lightglue", "cascade")
+#: The `verify/<counter>`s of the cascade: pairs the nearest-neighbour stage settled, pairs sent on to LightGlue.
+CASCADE_NN, CASCADE_LIGHTGLUE = "cascade_nn", "cascade_lightglue"
 
 #: Rows of the descriptor similarity matrix computed at once (see `putative_matches`).
 _MATCH_ROWS = 1024
@@ -65,7 +69,9 @@ class VerifyConfig:
     fundamental; `local_optimisation`: LO-RANSAC (re-fit each new best model on its inliers);
     `seed`: the RANSAC random state; `matcher`: `nn` (the tests above) or `lightglue` (ALIKED
     features only; ratio, mutual and max_distance do not apply), keeping the correspondences
-    whose LightGlue confidence is above `lightglue_min_confidence`.
+    whose LightGlue confidence is above `lightglue_min_confidence`; or `cascade`: `nn` first, and
+    its result stands when RANSAC finds `cascade_accept` inliers or more (an edge at thresholds
+    up to it); LightGlue + RANSAC decide the others, whose nearest neighbours could not.
 
     Defaults were chosen on real landmark photos (1024 px, 4000 RootSIFT): ratio 0.9 +
     mutual + affine 12 px verified the most true pairs while unrelated pairs stayed <= 12
@@ -83,6 +89,12 @@ class VerifyConfig:
     seed: int = 0
     matcher: str = "nn"
     lightglue_min_confidence: float = 0.1
+    cascade_accept: int = 30
+
+    @property
+    def learned_matching(self) -> bool:
+        """Whether LightGlue matches some pairs (its weights, ALIKED features, a GPU hint)."""
+        return self.matcher in ("lightglue", "cascade")
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
@@ -101,6 +113,8 @@ class VerifyConfig:
             raise ValueError(f"matcher must be one of {MATCHERS}")
         if not 0 < self.lightglue_min_confidence < 1:
             raise ValueError("lightglue_min_confidence must be in (0, 1)")
+        if self.cascade_accept < 1:
+            raise ValueError("cascade_accept must be >= 1")
 
 
 def check_dimensions(desc_a: np.ndarray, desc_b: np.ndarray) -> None:
@@ -218,6 +232,30 @@ def correspondences(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) ->
     return putative_matches(a.descriptors, b.descriptors, config)  # checks the dimensions itself
 
 
+@functools.lru_cache(maxsize=8)
+def _cascade_stages(config: VerifyConfig) -> tuple[VerifyConfig, VerifyConfig]:
+    return dataclasses.replace(config, matcher="nn"), dataclasses.replace(config, matcher="lightglue")
+
+
+def _matched(
+    a: LocalFeatures, b: LocalFeatures, config: VerifyConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(indices into a [M], into b [M], RANSAC inlier mask [M], reason) of the configured
+    matcher; for `cascade`, the nearest-neighbour stage's when it reaches `cascade_accept`
+    inliers, else LightGlue's (counted as `verify/cascade_nn` and `verify/cascade_lightglue`)."""
+    if config.matcher == "cascade":
+        first, second = _cascade_stages(config)
+        found = _matched(a, b, first)
+        if np.count_nonzero(found[2]) >= config.cascade_accept:
+            tick(STAGE, CASCADE_NN)
+            return found
+        tick(STAGE, CASCADE_LIGHTGLUE)
+        return _matched(a, b, second)
+    idx_a, idx_b = correspondences(a, b, config)
+    mask, reason = ransac_mask(a.keypoints[idx_a], b.keypoints[idx_b], config)
+    return idx_a, idx_b, mask, reason
+
+
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tuple[int, int, str]:
     """(num_matches, inliers, reason) for one pair; reason is "" when RANSAC ran.
 
@@ -228,8 +266,7 @@ def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> tup
     check_dimensions(a.descriptors, b.descriptors)
     if a.count == 0 or b.count == 0:
         return 0, 0, PairReason.NO_FEATURES.value
-    idx_a, idx_b = correspondences(a, b, config)
-    mask, reason = ransac_mask(a.keypoints[idx_a], b.keypoints[idx_b], config)
+    idx_a, _, mask, reason = _matched(a, b, config)
     return len(idx_a), int(np.count_nonzero(mask)), reason
 
 
@@ -240,10 +277,10 @@ def inlier_matches(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> 
     for the pairs it reports with a reason. Meant for the few pairs a report draws, so the
     pipeline never stores every match.
     """
-    idx_a, idx_b = correspondences(a, b, config)
-    src, dst = a.keypoints[idx_a].astype(np.float32), b.keypoints[idx_b].astype(np.float32)
-    mask, _ = ransac_mask(src, dst, config)
-    return src[mask], dst[mask]
+    if a.count == 0 or b.count == 0:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    idx_a, idx_b, mask, _ = _matched(a, b, config)
+    return a.keypoints[idx_a][mask].astype(np.float32), b.keypoints[idx_b][mask].astype(np.float32)
 
 
 def verify_result(landmark_id: int, a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> PairResult:
@@ -395,7 +432,7 @@ class VerifyPairs(beam.PTransform):
 
     def _verify(self, blocks: beam.PCollection, label: str) -> list[beam.PCollection]:
         verify = beam.ParDo(_VerifyBlockFn(self._config, self._rule)).with_outputs("decided", main="matched")
-        if self._accelerator and self._config.matcher == "lightglue":
+        if self._accelerator and self._config.learned_matching:
             verify = verify.with_resource_hints(accelerator=self._accelerator)
         spread = blocks | meter(f"{label}MeterBlocks") | f"{label}Spread" >> beam.Reshuffle()
         verified = spread | f"{label}Verify" >> verify

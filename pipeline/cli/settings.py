@@ -192,9 +192,17 @@ SETTINGS: tuple[Setting, ...] = (
         "--matcher",
         "verify",
         "matcher",
-        "nn: nearest neighbours + ratio/mutual tests; lightglue: LightGlue on ALIKED features",
+        "nn: nearest neighbours + ratio/mutual tests; lightglue: LightGlue on ALIKED features; "
+        "cascade: nn first, LightGlue for the pairs it leaves under --cascade-accept inliers",
         PAIRS,
         choices=tuple(MATCHERS),
+    ),
+    Setting(
+        "--cascade-accept",
+        "verify",
+        "cascade_accept",
+        "cascade matcher: nearest-neighbour inliers that settle a pair without LightGlue",
+        PAIRS,
     ),
     Setting("--ratio", "verify", "ratio", "Lowe ratio", PAIRS),
     Setting("--ransac-threshold", "verify", "ransac_threshold", "RANSAC reprojection threshold in px", PAIRS),

@@ -96,10 +96,13 @@ class CurateConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.matching not in MATCHING_PRESETS:
             raise ValueError(f"unknown matching {self.matching!r}; choose from {sorted(MATCHING_PRESETS)}")
-        if self.verify.matcher == "lightglue" and (
+        if self.verify.learned_matching and (
             self.features.extractor != "aliked" or self.features.aliked_model == "aliked-t16"
         ):
-            raise ValueError("the lightglue matcher's weights need 128-wide ALIKED features (--extractor aliked)")
+            raise ValueError(
+                f"the {self.verify.matcher} matcher's LightGlue weights need 128-wide ALIKED features "
+                "(--extractor aliked)"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,8 +40,8 @@ def ingest_config(config: CurateConfig) -> IngestConfig:
 def check_models(config: CurateConfig) -> None:
     """Raise ValueError when the feature model or the matcher's weights are not installed."""
     check_model(config.features)
-    if config.verify.matcher == "lightglue":
-        learned_module().check_weights(matcher=config.verify.matcher)
+    if config.verify.learned_matching:
+        learned_module().check_weights(matcher="lightglue")
 
 
 def preflight(config: CurateConfig, models: bool = True) -> Preflight:
