@@ -19,9 +19,13 @@ configurations, so every run pays ingest, extraction and matching) and prints on
   candidate pairs verified), `accounting_ok` (run.json);
 - `seconds`: wall seconds of the `gld curate` process, start-up included; `ms_per_image` =
   seconds / rows; `ms_per_pair` = seconds / pairs (both are whole-run costs spread over the
-  unit, not the cost of one stage); `features_cpu_ms_per_image` and `verify_cpu_ms_per_pair`:
-  the busy time of those stages alone (summed over worker threads, so CPU time) per extracted
-  image and per verified pair, as `cost_model.py` prices them;
+  unit, not the cost of one stage); `cpu_ms_per_image`: the whole run's CPU time (user +
+  system of the process and its children) per row, start-up included: what a run costs on a
+  shared machine, where wall time follows the load of others; `pairs_matched_per_image`:
+  candidate pairs actually matched (not skipped by adaptive verification) per row;
+  `features_cpu_ms_per_image` and `verify_cpu_ms_per_pair`: the busy time of those stages
+  alone (summed over worker threads) per extracted image and per matched pair, as
+  `cost_model.py` prices them;
 - `peak_rss_mb`: the peak resident memory of the `gld curate` process (`wait4`'s rusage: the
   largest of the process and the children it waited for);
 - `exit_code`: of `gld curate`; a failed run prints its line with the scores left out.
@@ -32,6 +36,10 @@ configurations, so every run pays ingest, extraction and matching) and prints on
 
 `--preset NAME` is short for `--config NAME="--preset NAME"`; with no configuration at all the
 default (`default=`) runs. Extra Beam flags go in a configuration's FLAGS like any other flag.
+`--standard` runs `STANDARD`: SIFT (the `gldv2-components` preset), learned matching verified
+exhaustively, the same verified adaptively, the cascade, and the default run:
+
+    python benchmarks/bench_quality.py --data ../shared/data/landmarks-dev --standard
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from typing import Any
 
 from pipeline.curation.curate import output_paths
 from pipeline.demo.run import TruthScore, score_against_truth
+from schemas.vocabulary import PairReason
 from transforms.store import read_table
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder's cost model
@@ -64,13 +73,26 @@ class Configuration:
     flags: tuple[str, ...]
 
 
+#: The configurations of `--standard`: the SIFT preset, LightGlue on every candidate, LightGlue
+#: with adaptive verification, the cascade (nearest neighbours first), and the default.
+STANDARD = (
+    Configuration("sift", ("--preset", "gldv2-components")),
+    Configuration("learned-exhaustive", ("--preset", "recall-first", "--verification", "exhaustive")),
+    Configuration("learned-adaptive", ("--preset", "recall-first", "--verification", "adaptive")),
+    Configuration("cascade", ("--preset", "recall-first", "--matcher", "cascade")),
+    Configuration("default", ()),
+)
+
+
 @dataclass(frozen=True)
 class Measured:
-    """What one `gld curate` process cost."""
+    """What one `gld curate` process cost: wall and CPU seconds (user + system, the process
+    and the children it waited for) and peak resident memory."""
 
     exit_code: int
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0
 
 
 def parse_configuration(text: str) -> Configuration:
@@ -83,9 +105,11 @@ def parse_configuration(text: str) -> Configuration:
     return Configuration(name, tuple(shlex.split(flags)))
 
 
-def configurations(named: list[str], presets: list[str]) -> list[Configuration]:
-    """The `--config` and `--preset` arguments in order, names unique; `default=` when none."""
-    chosen = [parse_configuration(text) for text in named]
+def configurations(named: list[str], presets: list[str], standard: bool = False) -> list[Configuration]:
+    """`STANDARD` (with `standard`), then the `--config` and `--preset` arguments in order, names
+    unique; `default=` when none."""
+    chosen = list(STANDARD) if standard else []
+    chosen += [parse_configuration(text) for text in named]
     chosen += [Configuration(preset, ("--preset", preset)) for preset in presets]
     names = [c.name for c in chosen]
     if len(set(names)) != len(names):
@@ -101,9 +125,12 @@ def quality_line(
     pairs: int,
     ok: bool,
     stage_seconds: dict[str, float] | None = None,
+    matched: int | None = None,
 ) -> dict[str, Any]:
     """The JSON line of one configuration (see the module docstring); `score` None when the run
-    failed; `stage_seconds`: `cost_model.per_item_seconds` of its run.json."""
+    failed; `stage_seconds`: `cost_model.per_item_seconds` of its run.json; `matched`: the pairs
+    matched (default: every pair)."""
+    matched = pairs if matched is None else matched
     line: dict[str, Any] = {"config": configuration.name, "flags": shlex.join(configuration.flags)}
     if score is not None:
         line |= {
@@ -119,8 +146,11 @@ def quality_line(
     return line | {
         "rows": rows,
         "pairs": pairs,
+        "pairs_matched": matched,
+        "pairs_matched_per_image": round(matched / rows, 2) if rows else None,
         "accounting_ok": ok,
         "seconds": round(measured.seconds, 1),
+        "cpu_ms_per_image": round(1000 * measured.cpu_seconds / rows, 1) if rows else None,
         "ms_per_image": round(1000 * measured.seconds / rows, 1) if rows else None,
         "ms_per_pair": round(1000 * measured.seconds / pairs, 1) if pairs else None,
         "features_cpu_ms_per_image": round(1000 * stage_seconds["features_s_per_image"], 1) if stage_seconds else None,
@@ -138,7 +168,8 @@ def run_gld(command: list[str], log_path: str) -> Measured:
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return Measured(process.returncode, seconds, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(process.returncode, seconds, usage.ru_maxrss / 1024, cpu)  # ru_maxrss is in KiB on Linux
 
 
 def curate_command(gld: str, data: str, output: str, flags: tuple[str, ...]) -> list[str]:
@@ -172,9 +203,17 @@ def measure(configuration: Configuration, data: str, work: str, gld: str) -> dic
         run = json.load(handle)
     counts = run["counts"]
     score = score_against_truth(paths["train_clean"], paths["decisions"], os.path.join(data, "truth.csv"))
-    pairs = read_table(paths["pairs"], columns=["id_a"]).num_rows
+    reasons = read_table(paths["pairs"], columns=["reason"]).column("reason").to_pylist()
+    matched = sum(reason != PairReason.ALREADY_JOINED.value for reason in reasons)
     return quality_line(
-        configuration, score, measured, counts["rows"], pairs, counts["accounting_ok"], per_item_seconds(run)
+        configuration,
+        score,
+        measured,
+        counts["rows"],
+        len(reasons),
+        counts["accounting_ok"],
+        per_item_seconds(run),
+        matched,
     )
 
 
@@ -187,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preset", action="append", default=[], metavar="NAME", help='short for --config NAME="--preset NAME"'
     )
+    parser.add_argument("--standard", action="store_true", help="run the standard configurations first (STANDARD)")
     parser.add_argument("--work", help="where the outputs go (default: a temporary folder, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs and logs")
     parser.add_argument(
@@ -196,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        chosen = configurations(args.config, args.preset)
+        chosen = configurations(args.config, args.preset, args.standard)
     except ValueError as exc:
         parser.error(str(exc))
     for name in ("train.csv", "truth.csv", "images"):

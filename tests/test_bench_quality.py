@@ -96,7 +96,14 @@ def test_quality_line_divides_the_cost_and_leaves_scores_out_of_a_failed_run() -
     score = score_kept({"m1": 1, "m2": 1, "n1": 1}, {"b1": "failed", "b2": "failed"}, TRUTH)
     stages = {"features_s_per_image": 0.25, "verify_s_per_pair": 0.0125}
     line = bench.quality_line(
-        bench.Configuration("x", ("--preset", "p")), score, bench.Measured(0, 12.0, 512.4), 10, 40, True, stages
+        bench.Configuration("x", ("--preset", "p")),
+        score,
+        bench.Measured(0, 12.0, 512.4, 20.0),
+        10,
+        40,
+        True,
+        stages,
+        matched=25,
     )
     assert line == {
         "config": "x",
@@ -111,8 +118,11 @@ def test_quality_line_divides_the_cost_and_leaves_scores_out_of_a_failed_run() -
         "broken": 2,
         "rows": 10,
         "pairs": 40,
+        "pairs_matched": 25,
+        "pairs_matched_per_image": 2.5,
         "accounting_ok": True,
         "seconds": 12.0,
+        "cpu_ms_per_image": 2000.0,
         "ms_per_image": 1200.0,
         "ms_per_pair": 300.0,
         "features_cpu_ms_per_image": 250.0,
@@ -123,6 +133,14 @@ def test_quality_line_divides_the_cost_and_leaves_scores_out_of_a_failed_run() -
     json.dumps(line)
     failed = bench.quality_line(bench.Configuration("y", ()), None, bench.Measured(2, 1.0, 50.0), 0, 0, False)
     assert "precision" not in failed and failed["ms_per_pair"] is None and failed["exit_code"] == 2
+    assert failed["pairs_matched_per_image"] is None and failed["cpu_ms_per_image"] is None
+
+
+def test_standard_configurations_come_first_and_name_the_default() -> None:
+    chosen = bench.configurations(["extra=--min-inliers 40"], [], standard=True)
+    names = [c.name for c in chosen]
+    assert names == ["sift", "learned-exhaustive", "learned-adaptive", "cascade", "default", "extra"]
+    assert dict((c.name, c.flags) for c in chosen)["default"] == ()
 
 
 def test_run_gld_measures_a_process(tmp_path: Path) -> None:
