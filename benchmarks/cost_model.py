@@ -17,19 +17,24 @@ import argparse
 import json
 from pathlib import Path
 
-from schemas.vocabulary import PAIR_OUTCOMES
+from schemas.vocabulary import PAIR_OUTCOMES, PairReason
 
 
 def per_item_seconds(run: dict) -> dict[str, float]:
-    """Busy seconds per image (decode, features) and per verified candidate pair; wall seconds
-    of the selection job per input row (what `gld select` costs), times the cores it used."""
+    """Busy seconds per image (decode, features) and per matched candidate pair, the share of
+    candidates matched (1.0 for exhaustive verification); wall seconds of the selection job per
+    input row (what `gld select` costs), times the cores it used."""
     counters, seconds = run["counters"], run["seconds"]
     images = counters["features"]["ok"]
     pairs = sum(counters["verify"].get(k, 0) for k in PAIR_OUTCOMES)
+    skipped = counters["verify"].get(PairReason.ALREADY_JOINED.value, 0)
     return {
         "decode_s_per_image": seconds["decode"] / counters["decode"]["ok"],
         "features_s_per_image": seconds["features"] / images,
         "verify_s_per_pair": seconds["verify"] / max(1, pairs),
+        # adaptive verification matches this share of the candidates (reused ones count as matched)
+        "matched_fraction": (pairs + counters["verify"].get("reused", 0))
+        / max(1, pairs + counters["verify"].get("reused", 0) + skipped),
         "select_s_per_row": seconds.get("select_wall", 0.0) * run.get("cores", 2) / max(1, run["counts"]["rows"]),
     }
 
@@ -53,7 +58,7 @@ def gpu_stages(run: dict) -> list[str]:
     stages = []
     if config.get("features", {}).get("extractor", "sift") != "sift":
         stages.append("features")
-    if config.get("verify", {}).get("matcher", "nn") == "lightglue":
+    if config.get("verify", {}).get("matcher", "nn") in ("lightglue", "cascade"):
         stages.append("verify")
     return stages
 
@@ -65,7 +70,9 @@ def estimate(
     worker hours at the assumed GPU throughputs (`--gpu-images-per-s`, `--gpu-pairs-per-s`)
     instead of the measured CPU seconds: each hour is one GPU plus its worker's vCPUs."""
     on_gpu = on_gpu or []
-    pairs = args.images * args.pairs_per_image * args.pair_overlap
+    candidates = args.images * args.pairs_per_image * args.pair_overlap
+    matched_fraction = costs["matched_fraction"] if args.matched_fraction is None else args.matched_fraction
+    pairs = candidates * matched_fraction
     vcpu_hours = {
         "ingest": args.images / args.ingest_images_per_vcpu_s / 3600,
         "decode": args.images * costs["decode_s_per_image"] / 3600,
@@ -98,7 +105,8 @@ def estimate(
     reselect_vcpu_hours = args.images * costs["select_s_per_row"] / 3600
     return {
         "images": args.images,
-        "candidate_pairs": round(pairs),
+        "candidate_pairs": round(candidates),
+        "matched_pairs": round(pairs),
         "measured": {k: round(v, 5) for k, v in costs.items()},
         "vcpu_hours": {k: round(v, 1) for k, v in vcpu_hours.items()},
         "total_vcpu_hours": round(total_vcpu_hours, 1),
@@ -120,6 +128,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4_132_914, help="GLDv2 train.csv rows")
     parser.add_argument("--pairs-per-image", type=int, default=100, help="candidate partners per image (k)")
     parser.add_argument("--pair-overlap", type=float, default=1.0, help="share of n*k pairs left after dedupe (<= 1)")
+    parser.add_argument(
+        "--matched-fraction",
+        type=float,
+        help="share of candidate pairs matched (default: the measured run's; adaptive verification skips the rest)",
+    )
     parser.add_argument("--ingest-images-per-vcpu-s", type=float, default=10.0, help="from bench_ingest.py")
     parser.add_argument("--vcpu-hour", type=float, default=0.056, help="Dataflow batch, USD per vCPU-hour")
     parser.add_argument("--gb-hour", type=float, default=0.003557, help="Dataflow batch, USD per GB-hour")
@@ -144,6 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     run = json.loads(Path(args.run_json).read_text())
     result = estimate(per_item_seconds(run), volumes_per_image(run), args, gpu_stages(run) if args.gpu else [])
+    print(f"candidate pairs {result['candidate_pairs']:,}, matched {result['matched_pairs']:,}")
     for stage, hours in result["vcpu_hours"].items():
         gpu = result["gpu_hours"].get(stage)
         print(f"{stage:9s} {hours:10.1f} vCPU-h" + (f" ({gpu:.1f} GPU-h)" if gpu is not None else ""))

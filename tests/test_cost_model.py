@@ -11,7 +11,13 @@ from tests.benchmark_modules import load_benchmark
 
 cost_model = load_benchmark("cost_model")
 
-COSTS = {"decode_s_per_image": 0.02, "features_s_per_image": 1.0, "verify_s_per_pair": 0.5, "select_s_per_row": 0.0}
+COSTS = {
+    "decode_s_per_image": 0.02,
+    "features_s_per_image": 1.0,
+    "verify_s_per_pair": 0.5,
+    "matched_fraction": 1.0,
+    "select_s_per_row": 0.0,
+}
 VOLUMES = {"shuffle_bytes_per_image": 0.0, "store_read_bytes_per_image": 0.0, "store_reads_per_image": 0.0}
 
 
@@ -34,6 +40,7 @@ def _args(**changes: float) -> argparse.Namespace:
         gpu_hour=0.35,
         gpu_worker_vcpus=4,
         gpu_workers=1,
+        matched_fraction=None,
     )
     return argparse.Namespace(**{**values, **changes})
 
@@ -45,6 +52,7 @@ def _args(**changes: float) -> argparse.Namespace:
         ({"features": {"extractor": "sift"}, "verify": {"matcher": "nn"}}, []),
         ({"features": {"extractor": "delf"}}, ["features"]),
         ({"features": {"extractor": "aliked"}, "verify": {"matcher": "lightglue"}}, ["features", "verify"]),
+        ({"features": {"extractor": "aliked"}, "verify": {"matcher": "cascade"}}, ["features", "verify"]),
     ],
 )
 def test_gpu_stages_are_the_learned_steps(config: dict, stages: list[str]) -> None:
@@ -61,3 +69,25 @@ def test_gpu_stages_are_priced_as_gpu_worker_hours() -> None:
     expected = (gpu["total_vcpu_hours"] * 0.05) + (3600 / 40 + 36000 / 30) / 3600 * 0.35
     assert gpu["cost_usd"] == pytest.approx(expected, abs=0.01)
     assert gpu["cost_usd"] < cpu["cost_usd"] or gpu["wall_hours"] < cpu["wall_hours"]
+
+
+def test_adaptive_verification_prices_the_matched_share_of_the_candidates() -> None:
+    measured = cost_model.estimate({**COSTS, "matched_fraction": 0.4}, VOLUMES, _args())
+    assert (measured["candidate_pairs"], measured["matched_pairs"]) == (36000, 14400)
+    assert measured["vcpu_hours"]["verify"] == 2.0
+    assumed = cost_model.estimate({**COSTS, "matched_fraction": 0.4}, VOLUMES, _args(matched_fraction=0.5))
+    assert assumed["vcpu_hours"]["verify"] == 2.5
+
+
+def test_per_item_seconds_reads_the_matched_share_from_the_counters() -> None:
+    run = {
+        "counters": {
+            "features": {"ok": 10},
+            "decode": {"ok": 10},
+            "verify": {"verified": 30, "too_few_matches": 10, "reused": 20, "already_joined": 40},
+        },
+        "seconds": {"decode": 1.0, "features": 5.0, "verify": 8.0, "select_wall": 1.0},
+        "counts": {"rows": 10},
+    }
+    costs = cost_model.per_item_seconds(run)
+    assert costs["verify_s_per_pair"] == 0.2 and costs["matched_fraction"] == 0.6
