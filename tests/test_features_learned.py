@@ -116,6 +116,10 @@ def test_the_cascade_keeps_what_nearest_neighbours_settle_and_asks_lightglue_the
     stricter = VerifyConfig(matcher="cascade", cascade_accept=settled[1] + 1)
     assert verify_pair(a, b, stricter) == verify_pair(a, b, lightglue)
     assert verify_pair(a, other, VerifyConfig(matcher="cascade")) == verify_pair(a, other, lightglue)
+    # at or under the rejection floor nearest neighbours settle the unrelated pair alone
+    chance = verify_pair(a, other, nn)
+    assert chance[1] < 30
+    assert verify_pair(a, other, VerifyConfig(matcher="cascade", cascade_reject=chance[1])) == chance
     points = inlier_matches(a, b, stricter)
     assert len(points[0]) == verify_pair(a, b, lightglue)[1]
 

@@ -71,7 +71,8 @@ class VerifyConfig:
     features only; ratio, mutual and max_distance do not apply), keeping the correspondences
     whose LightGlue confidence is above `lightglue_min_confidence`; or `cascade`: `nn` first, and
     its result stands when RANSAC finds `cascade_accept` inliers or more (an edge at thresholds
-    up to it); LightGlue + RANSAC decide the others, whose nearest neighbours could not.
+    up to it) or `cascade_reject` or fewer (unrelated images: chance level); LightGlue + RANSAC
+    decide the pairs in between, where nearest neighbours found some geometry but not enough.
 
     Defaults were chosen on real landmark photos (1024 px, 4000 RootSIFT): ratio 0.9 +
     mutual + affine 12 px verified the most true pairs while unrelated pairs stayed <= 12
@@ -90,6 +91,7 @@ class VerifyConfig:
     matcher: str = "nn"
     lightglue_min_confidence: float = 0.1
     cascade_accept: int = 30
+    cascade_reject: int = -1
 
     @property
     def learned_matching(self) -> bool:
@@ -113,8 +115,8 @@ class VerifyConfig:
             raise ValueError(f"matcher must be one of {MATCHERS}")
         if not 0 < self.lightglue_min_confidence < 1:
             raise ValueError("lightglue_min_confidence must be in (0, 1)")
-        if self.cascade_accept < 1:
-            raise ValueError("cascade_accept must be >= 1")
+        if not -1 <= self.cascade_reject < self.cascade_accept:
+            raise ValueError("need -1 <= cascade_reject < cascade_accept (-1: no pair is rejected by nn alone)")
 
 
 def check_dimensions(desc_a: np.ndarray, desc_b: np.ndarray) -> None:
@@ -241,12 +243,14 @@ def _matched(
     a: LocalFeatures, b: LocalFeatures, config: VerifyConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(indices into a [M], into b [M], RANSAC inlier mask [M], reason) of the configured
-    matcher; for `cascade`, the nearest-neighbour stage's when it reaches `cascade_accept`
-    inliers, else LightGlue's (counted as `verify/cascade_nn` and `verify/cascade_lightglue`)."""
+    matcher; for `cascade`, the nearest-neighbour stage's when its inliers reach `cascade_accept`
+    or stay at or under `cascade_reject`, else LightGlue's (counted as `verify/cascade_nn` and
+    `verify/cascade_lightglue`)."""
     if config.matcher == "cascade":
         first, second = _cascade_stages(config)
         found = _matched(a, b, first)
-        if np.count_nonzero(found[2]) >= config.cascade_accept:
+        inliers = np.count_nonzero(found[2])
+        if inliers >= config.cascade_accept or inliers <= config.cascade_reject:
             tick(STAGE, CASCADE_NN)
             return found
         tick(STAGE, CASCADE_LIGHTGLUE)

