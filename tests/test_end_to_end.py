@@ -19,6 +19,7 @@ from pipeline.demo.data import DemoConfig, generate_demo, read_truth
 from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from schemas.vocabulary import PAIR_OUTCOMES
+from tests.flags import SIFT
 from transforms.rounds import SKIPPED
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
@@ -50,7 +51,9 @@ def curated(tmp_path_factory: pytest.TempPathFactory) -> dict:
         outputs = []
         for run in ("a", "b"):
             out = str(root / f"out-{run}")
-            code = main(["curate", "--train-csv", dataset.train_csv, "--output", out, "--allow-private-hosts", *BEAM])
+            code = main(
+                ["curate", "--train-csv", dataset.train_csv, "--output", out, "--allow-private-hosts", *SIFT, *BEAM]
+            )
             assert code == 0
             outputs.append(out)
     decisions = pq.read_table(os.path.join(outputs[0], "decisions.parquet")).to_pylist()
@@ -216,7 +219,7 @@ def test_official_preset_keeps_a_subset_of_components(curated: dict, tmp_path_fa
     out = str(tmp_path_factory.mktemp("official"))
     images = os.path.join(os.path.dirname(curated["dataset"].train_csv), "images")
     args = ["curate", "--train-csv", curated["dataset"].train_csv, "--output", out, "--images-dir", images]
-    assert main([*args, "--preset", "gldv2-official", "--no-audit", *BEAM]) == 0
+    assert main([*args, "--preset", "gldv2-official", "--no-audit", *SIFT, *BEAM]) == 0
     official = pq.read_table(os.path.join(out, "decisions.parquet")).to_pylist()
     kept = {d["id"] for d in official if d["status"] == "kept"}
     assert kept and kept <= {d["id"] for d in curated["decisions"] if d["status"] == "kept"}
@@ -246,11 +249,11 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     root = tmp_path_factory.mktemp("select")
     base, reselected, fresh = str(root / "base"), str(root / "reselected"), str(root / "fresh")
     exhaustive = ["--verification", "exhaustive"]
-    assert main(["curate", *_images_args(curated, base), *exhaustive, *BEAM]) == 0
+    assert main(["curate", *_images_args(curated, base), *exhaustive, *SIFT, *BEAM]) == 0
     shutil.copytree(base, reselected)  # a copied run folder is re-selected where it now is
     rule = ["--policy", "degree", "--min-degree", "2", "--min-inliers", "150"]
     assert main(["select", "--output", reselected, *rule, "--no-progress"]) == 0
-    assert main(["curate", *_images_args(curated, fresh), *rule, *exhaustive, *BEAM]) == 0
+    assert main(["curate", *_images_args(curated, fresh), *rule, *exhaustive, *SIFT, *BEAM]) == 0
     for name in (*SELECTION_FILES, "pairs.parquet"):
         with open(os.path.join(reselected, name), "rb") as a, open(os.path.join(fresh, name), "rb") as b:
             assert a.read() == b.read(), name
@@ -263,13 +266,13 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     # after adaptive verification a stricter rule needs pairs the run skipped: select stops and
     # names the curate that matches them; that curate then decides as exhaustive verification
     adaptive = str(root / "adaptive")
-    assert main(["curate", *_images_args(curated, adaptive), *BEAM]) == 0
+    assert main(["curate", *_images_args(curated, adaptive), *SIFT, *BEAM]) == 0
     assert main(["select", "--output", adaptive, *rule, "--no-progress"]) == 2
     message = capsys.readouterr().err
     assert "pairs that adaptive verification skipped could change this selection" in message
     command = shlex.split(message.split("with: ", 1)[1])
     assert command[:2] == ["gld", "curate"] and "--min-inliers" in command and "--images-dir" in command
-    assert main([*command[1:], *BEAM]) == 0
+    assert main([*command[1:], *SIFT, *BEAM]) == 0
     assert _run_json(adaptive)["counters"]["verify"]["reused"] > 0
     for name in ("train_clean.csv", "c2x_rejected.csv"):
         with open(os.path.join(adaptive, name), "rb") as a, open(os.path.join(fresh, name), "rb") as b:
@@ -296,11 +299,11 @@ def test_rerun_with_new_rows_extracts_and_verifies_only_the_new_work(
         with open(path, "w", encoding="utf-8") as handle:
             handle.write("\n".join(content) + "\n")
     out = str(root / "out")
-    assert main(["curate", *_images_args(curated, out, partial), *BEAM]) == 0
+    assert main(["curate", *_images_args(curated, out, partial), *SIFT, *BEAM]) == 0
     first = _run_json(out)
     first_pairs = _pairs_of(first)
     first_matched = _pairs_of(first, matched_only=True)
-    assert main(["curate", *_images_args(curated, out, full), *BEAM]) == 0
+    assert main(["curate", *_images_args(curated, out, full), *SIFT, *BEAM]) == 0
     second = _run_json(out)
     extracted_before = first["counters"]["features"]["ok"]
     assert second["counters"]["features"]["reused"] == extracted_before

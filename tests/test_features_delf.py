@@ -29,6 +29,7 @@ from pipeline.demo.data import _texture
 from schemas.records import Failure, LocalFeatures
 from schemas.tables import features_from_row
 from schemas.vocabulary import Reason, Stage
+from tests.flags import SIFT
 from tests.test_features import _decoded, _undecodable
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.delf import DelfExtractor
@@ -193,7 +194,7 @@ def test_a_missing_model_is_reported_before_the_run(tmp_path, capsys: pytest.Cap
         DelfExtractor(FeatureConfig(extractor="delf", delf_model=missing))
     manifest = tmp_path / "train.csv"
     manifest.write_text("id,url,landmark_id\n0123456789abcdef,http://127.0.0.1/x.jpg,1\n")
-    argv = ["curate", "--train-csv", str(manifest), "--output", str(tmp_path / "out"), "--extractor", "delf"]
+    argv = ["curate", "--train-csv", str(manifest), "--output", str(tmp_path / "out"), *SIFT, "--extractor", "delf"]
     assert main([*argv, "--delf-model", missing, "--no-progress"]) == 2
     assert f"DELF model {missing!r} does not exist" in capsys.readouterr().err
 
@@ -248,7 +249,7 @@ def test_gpu_hint_is_on_the_feature_step_and_nowhere_else(tmp_path) -> None:
     def hinted(accelerator: str | None) -> dict[str, dict]:
         overrides = {"features": {"extractor": "delf", **({"gpu_accelerator": accelerator} if accelerator else {})}}
         pipeline = beam.Pipeline()
-        config = build_config(str(manifest), str(tmp_path / "out"), overrides=overrides)
+        config = build_config(str(manifest), str(tmp_path / "out"), "gldv2-components", overrides)
         build_curation(pipeline, config, preflight(config))
         return {s.full_label: s.resource_hints for s in _steps(pipeline) if s.resource_hints}
 
@@ -283,7 +284,7 @@ def test_curate_with_delf_keeps_the_views_that_verify(tmp_path, model_path: str)
             writer.writerow([image_id, "", landmark])
     out = str(tmp_path / "out")
     argv = ["curate", "--train-csv", str(tmp_path / "train.csv"), "--output", out, "--images-dir", str(images_dir)]
-    argv += ["--extractor", "delf", "--delf-model", model_path, "--no-progress", "--direct_num_workers=2"]
+    argv += [*SIFT, "--extractor", "delf", "--delf-model", model_path, "--no-progress", "--direct_num_workers=2"]
     assert main(argv) == 0
 
     decisions = {d["id"]: d for d in pq.read_table(os.path.join(out, "decisions.parquet")).to_pylist()}

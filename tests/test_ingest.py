@@ -21,6 +21,7 @@ from pipeline.demo.data import DemoConfig, generate_demo
 from pipeline.demo.serve import serve_folder
 from schemas.records import Failure, ImageRef, ManifestRow
 from schemas.vocabulary import Reason, Stage
+from tests.flags import SIFT
 from transforms.image_store import (
     StoreConfig,
     attempt_dirs,
@@ -192,7 +193,7 @@ def test_a_store_with_other_decode_settings_is_refused(dataset, capsys) -> None:
 
 
 def _curate_args(train_csv: str, out: Path) -> list[str]:
-    return ["curate", "--train-csv", train_csv, "--output", str(out), "--allow-private-hosts"]
+    return ["curate", "--train-csv", train_csv, "--output", str(out), "--allow-private-hosts", *SIFT]
 
 
 def test_a_killed_run_resumes_without_downloading_again_and_matches_an_uninterrupted_run(dataset) -> None:

@@ -25,6 +25,7 @@ from pipeline.demo.data import DemoConfig, generate_demo, landmark_views
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from schemas.records import FeatureRef, ImageDecision, ManifestRow
 from schemas.vocabulary import Status
+from tests.flags import SIFT
 from transforms.overlap import OverlapConfig, best_neighbours, block_of, chunk_partners, cross_neighbours
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
@@ -79,7 +80,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # the two hidden views show another landmark than their class's: an isolated 2-image component,
     # which the default selection removes; keep it so that the clean split holds the planted leak
     keep_isolated = ["--no-drop-isolated-components"]
-    curate = ["curate", "--train-csv", dataset.train_csv, "--images-dir", f"{data}/images", "--output", out]
+    curate = ["curate", "--train-csv", dataset.train_csv, "--images-dir", f"{data}/images", "--output", out, *SIFT]
     assert main([*curate, *keep_isolated, *BEAM]) == 0
     originals = {name: _read(os.path.join(out, name)) for name in ("train_clean.csv", "c2x_rejected.csv")}
     runs = []

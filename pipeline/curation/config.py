@@ -16,13 +16,25 @@ from transforms.select import SelectConfig
 from transforms.verify import VerifyConfig
 
 #: The preset and the matching preset a run gets when it names none.
-DEFAULT_PRESET, DEFAULT_MATCHING = "gldv2-components", "default"
+DEFAULT_PRESET, DEFAULT_MATCHING = "balanced", "default"
+#: The rule of the default and SIFT presets: connected components of the >= 30-inlier graph,
+#: without the isolated components (a small component beside a larger one that nothing links to
+#: the rest of its class: on landmarks-dev, the near-duplicate noise pairs).
+_COMPONENTS = {"min_inliers": 30, "min_component_size": 2, "drop_isolated_components": True}
 #: Presets fill stage settings; explicit flags override them.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Connected components of the >= 30-inlier graph (this project's default rule), without the
-    # isolated components (a small component beside a larger one that nothing links to the rest
-    # of its class: on landmarks-dev, the near-duplicate noise pairs).
-    "gldv2-components": {"select": {"min_inliers": 30, "min_component_size": 2, "drop_isolated_components": True}},
+    # The default: learned quality at SIFT's price. ALIKED on a 480 px working image (cheaper than
+    # SIFT's 1024 px and its 4000 features), the cascade matcher (nearest neighbours settle the
+    # pairs they verify or find at chance level, LightGlue decides the rest) and adaptive
+    # verification (the default), then the components rule (README, "Presets and defaults").
+    "balanced": {
+        "features": {"extractor": "aliked", "working_side": 480},
+        "verify": {"matcher": "cascade", "cascade_accept": 30, "cascade_reject": 5},
+        "select": _COMPONENTS,
+    },
+    # SIFT (4000 RootSIFT, the OpenCV extractor that runs anywhere) + nearest neighbours, and the
+    # same rule: the default before the learned one, and the preset without PyTorch.
+    "gldv2-components": {"select": _COMPONENTS},
     # Team smlyaka's rule that made GLDv2-train-clean: >= 3 pairs of >= 30 inliers per image, then
     # classes of >= 2 survivors; up to 100 candidates per image; affine RANSAC, 20 px, 1000 trials.
     "gldv2-official": {
