@@ -139,7 +139,7 @@ def test_quality_line_divides_the_cost_and_leaves_scores_out_of_a_failed_run() -
 def test_standard_configurations_come_first_and_name_the_default() -> None:
     chosen = bench.configurations(["extra=--min-inliers 40"], [], standard=True)
     names = [c.name for c in chosen]
-    assert names == ["sift", "learned-exhaustive", "learned-adaptive", "cascade", "default", "extra"]
+    assert names == ["sift", "learned-exhaustive", "learned-adaptive", "cascade-exhaustive", "default", "extra"]
     assert dict((c.name, c.flags) for c in chosen)["default"] == ()
 
 
