@@ -20,6 +20,13 @@ from pathlib import Path
 from schemas.vocabulary import PAIR_OUTCOMES
 
 
+def run_cores(run: dict) -> int:
+    """The cores the run's jobs ran on, as `run.json` records them."""
+    if "cores" not in run:
+        raise ValueError("run.json has no cores: an older gld wrote it; run `gld select` on the folder to rewrite it")
+    return int(run["cores"])
+
+
 def per_item_seconds(run: dict) -> dict[str, float]:
     """Busy seconds per image (decode, features) and per verified candidate pair; wall seconds
     of the selection job per input row (what `gld select` costs), times the cores it used."""
@@ -30,7 +37,7 @@ def per_item_seconds(run: dict) -> dict[str, float]:
         "decode_s_per_image": seconds["decode"] / counters["decode"]["ok"],
         "features_s_per_image": seconds["features"] / images,
         "verify_s_per_pair": seconds["verify"] / max(1, pairs),
-        "select_s_per_row": seconds.get("select_wall", 0.0) * run.get("cores", 2) / max(1, run["counts"]["rows"]),
+        "select_s_per_row": seconds.get("select_wall", 0.0) * run_cores(run) / max(1, run["counts"]["rows"]),
     }
 
 

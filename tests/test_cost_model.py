@@ -61,3 +61,17 @@ def test_gpu_stages_are_priced_as_gpu_worker_hours() -> None:
     expected = (gpu["total_vcpu_hours"] * 0.05) + (3600 / 40 + 36000 / 30) / 3600 * 0.35
     assert gpu["cost_usd"] == pytest.approx(expected, abs=0.01)
     assert gpu["cost_usd"] < cpu["cost_usd"] or gpu["wall_hours"] < cpu["wall_hours"]
+
+
+def _run(cores: int | None) -> dict:
+    counters = {"features": {"ok": 10}, "decode": {"ok": 10}, "verify": {"verified": 20}}
+    run = {"counters": counters, "seconds": {"decode": 1.0, "features": 5.0, "verify": 2.0, "select_wall": 3.0}}
+    run["counts"] = {"rows": 12}
+    return run if cores is None else {**run, "cores": cores}
+
+
+def test_selection_is_priced_with_the_cores_the_run_recorded() -> None:
+    assert cost_model.per_item_seconds(_run(8))["select_s_per_row"] == pytest.approx(3.0 * 8 / 12)
+    assert cost_model.per_item_seconds(_run(1))["select_s_per_row"] == pytest.approx(3.0 / 12)
+    with pytest.raises(ValueError, match="no cores"):
+        cost_model.per_item_seconds(_run(None))

@@ -245,15 +245,16 @@ def compare_main(argv: list[str]) -> int:
 
 
 def audit_main(argv: list[str]) -> int:
-    from pipeline.curation.run_folder import finished_run
+    from pipeline.curation.run_folder import finished_run, locked
     from pipeline.report.page import build_report
 
     parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
     parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
     args = parser.parse_args(argv)
     try:
-        finished_run(args.output, "gld audit")
-        path = build_report(args.output)
+        with locked(args.output, "gld audit"):  # it rewrites report.html: one writer at a time
+            finished_run(args.output, "gld audit")
+            path = build_report(args.output)
     except (ValueError, KeyError, OSError) as exc:
         print(f"gld audit: error: {exc}", file=sys.stderr)
         return 2
