@@ -37,6 +37,7 @@ from transforms.image_store import (
     part_files,
     readable_rows,
 )
+from transforms.metering import meter
 from transforms.progress import tick
 from transforms.tar_shards import FetchFromTars, shards_or_fail
 
@@ -160,10 +161,17 @@ class _Resume(beam.PTransform):
             | "StoredParts" >> beam.Create(self._images)
             | "ReadStored" >> beam.FlatMap(readable_rows, columns=INDEX_COLUMNS, stage=STAGE)
             | "KeyStored" >> beam.Map(lambda r: (r["id"], r))
+            | meter("MeterStored")
         )
-        failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(read_logged)
+        failed = (
+            pipeline
+            | "LoggedParts" >> beam.Create(self._logged)
+            | "ReadLogged" >> beam.FlatMap(read_logged)
+            | meter("MeterLogged")
+        )
+        keyed = rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)) | meter("MeterRows")
         outcomes = (
-            {"rows": rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)), "stored": stored, "failed": failed}
+            {"rows": keyed, "stored": stored, "failed": failed}
             | "JoinStore" >> beam.CoGroupByKey()
             | "Resume" >> beam.FlatMapTuple(resume, retry_failed=self._retry_failed)
             | "Kind" >> beam.ParDo(_kind).with_outputs("reused", "failures", main="rows")
@@ -230,6 +238,7 @@ class Ingest(beam.PTransform):
         outputs["duplicates"] = (
             images
             | "ByContent" >> beam.Map(lambda i: (i.sha256, (i.row.id, i.row.landmark_id)))
+            | meter("MeterContent")
             | "GroupContent" >> beam.GroupByKey()
             | "Duplicates" >> beam.FlatMapTuple(duplicate_groups)
         )

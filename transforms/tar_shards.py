@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.records import Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
+from transforms.metering import meter
 from transforms.routing import route
 
 STAGE = Stage.FETCH.value
@@ -225,13 +226,14 @@ class FetchFromTars(beam.PTransform):
             shards = folder | "Shards" >> beam.FlatMap(shards_or_fail)
         items = (
             shards
+            | meter("MeterShards")
             | "SpreadShards" >> beam.Reshuffle()
             | "ReadShard" >> beam.FlatMap(read_shard, max_bytes=self._max_bytes)
             | "Split" >> beam.ParDo(_split).with_outputs("reports", main="items")
         )
-        keyed_rows = rows | "KeyRows" >> beam.Map(lambda r: (r.id, r))
+        keyed_rows = rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)) | meter("MeterRows")
         matched = (
-            {"rows": keyed_rows, "items": items.items}
+            {"rows": keyed_rows, "items": items.items | meter("MeterItems")}
             | "JoinById" >> beam.CoGroupByKey()
             | "Match" >> beam.FlatMapTuple(match_row)
         )

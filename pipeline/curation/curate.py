@@ -113,7 +113,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Prefl
     rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(manifest)
     images, ingest_failures = build_ingest(rows, config, checked.listing)
     reused, to_extract = images | "ReuseFeatures" >> ReuseStoredFeatures(stores["features"])
-    # a feature set (4000 SIFT: ~1 MB) is ~8 images' JPEGs; a verified pair ~1/1000 of one
+    # a feature set (4000 SIFT: ~1 MB) is ~8 images' JPEGs; verified pairs: a block's worth a part
     extract = ExtractFeatures(config.features, store=stores["features"], parts=config.store.scaled(1 / 8))
     extracted, feature_failures = to_extract | "ExtractFeatures" >> extract
     features = (reused, extracted) | "AllFeatures" >> beam.Flatten()
@@ -126,7 +126,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Prefl
     verified = blocks | "VerifyPairs" >> VerifyPairs(
         config.verify,
         store=stores["verified"],
-        parts=dataclasses.replace(config.store.scaled(64), indexed=False),
+        parts=config.store.for_results(2),
         accelerator=config.features.gpu_accelerator,
     )
     pairs = (reused_pairs, verified) | "AllPairs" >> beam.Flatten()

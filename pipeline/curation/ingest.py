@@ -22,6 +22,7 @@ from pipeline.runner import (
 from schemas.tables import DUPLICATES_SCHEMA
 from transforms.ingest import Ingest, StoreListing
 from transforms.manifest import ManifestConfig, ReadManifest
+from transforms.metering import meter
 from transforms.store import ParquetSpec, WriteSortedParquet, read_table
 
 #: What ingest writes under `--output` (the failure log folder is `ingest_failures/`).
@@ -55,6 +56,7 @@ def build_ingest(
     if "shard_reports" in ingested:
         (
             ingested["shard_reports"]
+            | meter("MeterReports")
             | "CollectReports" >> beam.combiners.ToList()
             | "WriteReports" >> beam.Map(_write_shard_reports, out["tar_shards"])
         )
