@@ -1,5 +1,6 @@
 """Stages 2-3 as one composite: reuse what the store already has, fetch the rest (HTTP, an
-image folder or the tar shards), decode, and write the store as the run goes.
+image folder or the tar shards), decode, and write the store as the run goes: image bytes go
+from where they are read to the store in one fused step and never cross a shuffle.
 
 Re-running with the same `--output` therefore resumes: an id stored by an earlier (even killed)
 run is read back instead of downloaded, a row that already failed keeps its recorded failure
@@ -39,7 +40,7 @@ from transforms.image_store import (
 )
 from transforms.metering import meter
 from transforms.progress import tick
-from transforms.tar_shards import FetchFromTars, shards_or_fail
+from transforms.tar_shards import MatchCopies, ReadShards, shards_or_fail
 
 STAGE = "ingest"
 
@@ -217,17 +218,22 @@ class Ingest(beam.PTransform):
         if resuming:
             resume_join = _Resume(listing.stored, listing.logged, config.fetch.retry_failed)
             to_fetch, reused, logged_failures = rows | "Resume" >> resume_join
-        if config.fetch.tar_dir:
-            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "FetchFromTars" >> FetchFromTars(
+        tars = bool(config.fetch.tar_dir)
+        if tars:
+            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "ReadShards" >> ReadShards(
                 config.fetch.tar_dir, config.fetch.max_bytes, listing.shards
             )
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
+        # fused with the fetch (no grouping between): bytes go from the source to the store
         decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
         stored_now = decoded | "StoreImages" >> WriteStoreParts(
             images_dir, IMAGES_SCHEMA, image_to_row, config.parts, to_ref=image_ref
         )
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
+        if tars:  # outcomes per copy in the shards -> one per row, by reference
+            copies = {"rows": to_fetch, "stored": stored_now, "failed": new_failures}
+            stored_now, new_failures = copies | "MatchCopies" >> MatchCopies()
         new_failures | "LogFailures" >> WriteStoreParts(
             listing.log_dir, INGEST_FAILURES_SCHEMA, record_to_row, replace(config.parts, indexed=False)
         )

@@ -83,10 +83,16 @@ def ingest_stats(counters: Counters, wall: float, duplicates_path: str) -> dict[
         if key.startswith("logged/") and value:
             name = key[len("logged/") :]
             failed[name] = failed.get(name, 0) + value
+    # copies of an id in several tar shards were fetched and decoded each; one outcome per row counts
+    extra = {key[len("extra_copy/") :]: value for key, value in ingest.items() if key.startswith("extra_copy/")}
+    for name, value in extra.items():
+        if name in failed:
+            failed[name] -= value
+    failed = {name: value for name, value in failed.items() if value}
     manifest_failed = sum(v for k, v in manifest.items() if k not in ("input_rows", "parsed")) + dedupe.get(
         "duplicate_id", 0
     )
-    stored, reused = decode.get("ok", 0), ingest.get("reused", 0)
+    stored, reused = decode.get("ok", 0) - extra.get("stored", 0), ingest.get("reused", 0)
     unique = dedupe.get("unique", 0)
     failed_total = sum(failed.values())
     duplicates = read_table(duplicates_path, columns=["sha256"]).column("sha256").to_pylist()
