@@ -103,3 +103,10 @@ def test_a_lock_of_another_host_or_a_reused_pid(tmp_path: Path) -> None:
     here = Holder.this_process("x").host
     assert is_stale(Holder("gld curate", here, os.getpid(), "2000-01-01T00:00:00+00:00"), here)
     assert not is_stale(Holder.this_process("gld curate"), here)
+
+
+def test_a_reader_of_a_missing_folder_makes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(UnfinishedRun, match="does not exist or is empty: `gld select` needs a finished run"):
+        acquire_lock(str(missing), Holder.this_process("gld select"), create=False)
+    assert not missing.exists()

@@ -252,7 +252,7 @@ def audit_main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
     args = parser.parse_args(argv)
     try:
-        with locked(args.output, "gld audit"):  # it rewrites report.html: one writer at a time
+        with locked(args.output, "gld audit", create=False):  # it rewrites report.html: one writer at a time
             finished_run(args.output, "gld audit")
             path = build_report(args.output)
     except (ValueError, KeyError, OSError) as exc:

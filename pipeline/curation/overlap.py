@@ -586,7 +586,7 @@ def run_overlap(config: OverlapRunConfig, beam_args: list[str] | None = None) ->
     """Resolve the evaluation source, run the overlap job, write `overlap.json` and rebuild
     `report.html`, holding the folder's lock (its image store and report are written too);
     returns the counts."""
-    with locked(config.output, "gld overlap"):
+    with locked(config.output, "gld overlap", create=False):
         return _run_overlap(config, beam_args)
 
 

@@ -53,7 +53,7 @@ def run_reselection(
 
     Holds the folder's lock and marks it in progress like `gld curate`; the run it re-selects
     is kept in the marker, so a killed `gld select` can simply be run again."""
-    with locked(output, "gld select") as holder:
+    with locked(output, "gld select", create=False) as holder:
         previous = rerun_base(output, "gld select")
         tables = output_paths(output)
         missing = [name for name in SELECTION_INPUTS if not FileSystems.exists(tables[name])]

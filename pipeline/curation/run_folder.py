@@ -219,11 +219,21 @@ def _read_holder(path: str) -> Holder | None:
         return None
 
 
-def acquire_lock(output: str, holder: Holder) -> None:
+def _holds_anything(folder: str) -> bool:
+    # GCS has no folders: one exists when something lies under it
+    return bool(FileSystems.match([FileSystems.join(folder, "**")], limits=[1])[0].metadata_list)
+
+
+def acquire_lock(output: str, holder: Holder, create: bool = True) -> None:
     """Take `output`'s lock for `holder`, taking over a stale one; raises FolderInUse when a
-    live run holds it (or one on another host, which cannot be checked from here)."""
-    if not FileSystems.exists(output):
-        FileSystems.mkdirs(output)
+    live run holds it (or one on another host, which cannot be checked from here). Without
+    `create` (a command that needs a run there), a folder that does not exist raises
+    UnfinishedRun and is not made."""
+    if not _holds_anything(output):
+        if not create:
+            raise UnfinishedRun(f"{output} does not exist or is empty: `{holder.command}` needs a finished run there")
+        if not FileSystems.exists(output):
+            FileSystems.mkdirs(output)
     path = _path(output, LOCK)
     data = _encode(asdict(holder))
     for _ in range(3):
@@ -257,10 +267,10 @@ def release_lock(output: str, holder: Holder) -> None:
 
 
 @contextmanager
-def locked(output: str, command: str) -> Iterator[Holder]:
+def locked(output: str, command: str, create: bool = True) -> Iterator[Holder]:
     """Hold `output`'s lock for the duration (see `acquire_lock`); yields the holder."""
     holder = Holder.this_process(command)
-    acquire_lock(output, holder)
+    acquire_lock(output, holder, create)
     try:
         yield holder
     finally:
