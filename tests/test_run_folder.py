@@ -21,6 +21,7 @@ from pipeline.curation.run_folder import (
     acquire_lock,
     begin_run,
     commit_run,
+    create_exclusively,
     finished_run,
     is_stale,
     locked,
@@ -110,3 +111,36 @@ def test_a_reader_of_a_missing_folder_makes_nothing(tmp_path: Path) -> None:
     with pytest.raises(UnfinishedRun, match="does not exist or is empty: `gld select` needs a finished run"):
         acquire_lock(str(missing), Holder.this_process("gld select"), create=False)
     assert not missing.exists()
+
+
+def test_on_gcs_the_lock_is_a_create_if_absent_precondition(monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage
+
+    created: dict[str, bytes] = {}
+
+    class Blob:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def upload_from_string(self, data: bytes, if_generation_match: int) -> None:
+            assert if_generation_match == 0  # create only when no object of that name exists
+            if self.name in created:
+                raise PreconditionFailed("exists")
+            created[self.name] = data
+
+    class Bucket:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def blob(self, name: str) -> Blob:
+            return Blob(f"{self.name}/{name}")
+
+    class Client:
+        def bucket(self, name: str) -> Bucket:
+            return Bucket(name)
+
+    monkeypatch.setattr(storage, "Client", Client)
+    assert create_exclusively("gs://bucket/out/run.lock", b"first")
+    assert not create_exclusively("gs://bucket/out/run.lock", b"second")
+    assert created == {"bucket/out/run.lock": b"first"}

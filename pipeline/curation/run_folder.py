@@ -153,7 +153,7 @@ def commit_run(output: str, run: dict[str, Any]) -> None:
 # -- the lock ------------------------------------------------------------------------------
 
 
-def _create_exclusively(path: str, data: bytes) -> bool:
+def create_exclusively(path: str, data: bytes) -> bool:
     """Create `path` holding `data` unless it exists; False when it does. Local files use
     O_EXCL and GCS objects a generation-0 precondition: both atomic. Other filesystems check
     and create (not atomic)."""
@@ -237,7 +237,7 @@ def acquire_lock(output: str, holder: Holder, create: bool = True) -> None:
     path = _path(output, LOCK)
     data = _encode(asdict(holder))
     for _ in range(3):
-        if _create_exclusively(path, data):
+        if create_exclusively(path, data):
             return
         found = _read_holder(path)
         if found is not None and not is_stale(found, holder.host):
