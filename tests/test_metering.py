@@ -73,3 +73,31 @@ def test_every_grouping_step_is_fed_by_its_own_meter(tar_dir: str) -> None:
                 fed.append(producer)
     # a metered collection feeding two shuffles would be counted once for both
     assert len(fed) == len(set(fed)), sorted(p for p in fed if fed.count(p) > 1)
+
+
+def test_tar_image_bytes_go_from_the_shard_reader_to_the_store_without_a_shuffle() -> None:
+    """Downstream of the shard reader, every step up to the image store is fused with it (no
+    grouping between), so a JPEG never crosses a shuffle; after the store only references go on."""
+    heavy, _ = _pipelines("/shards")
+    nodes = _applied(heavy)
+    consumers: dict[int, list[AppliedPTransform]] = {}
+    for node in nodes:
+        if not node.parts:
+            for pcoll in node.inputs:
+                consumers.setdefault(id(pcoll), []).append(node)
+    [reader] = [n for n in nodes if n.full_label == "Ingest/ReadShards/ReadShard"]
+    seen, frontier, reached_store = set(), [reader], False
+    while frontier:
+        node = frontier.pop()
+        if node.full_label.startswith("Ingest/StoreImages"):
+            reached_store = True
+            continue  # what the store emits are references
+        assert type(node.transform).__name__ != "GroupByKey", node.full_label
+        for tag, pcoll in node.outputs.items():
+            if tag == "reports":  # the shard summaries, not images
+                continue
+            for consumer in consumers.get(id(pcoll), []):
+                if consumer.full_label not in seen and not consumer.full_label.startswith("Ingest/MatchCopies/"):
+                    seen.add(consumer.full_label)
+                    frontier.append(consumer)
+    assert reached_store
