@@ -20,6 +20,13 @@ from pathlib import Path
 from schemas.vocabulary import PAIR_OUTCOMES, PairReason
 
 
+def run_cores(run: dict) -> int:
+    """The cores the run's jobs ran on, as `run.json` records them."""
+    if "cores" not in run:
+        raise ValueError("run.json has no cores: an older gld wrote it; run `gld select` on the folder to rewrite it")
+    return int(run["cores"])
+
+
 def per_item_seconds(run: dict) -> dict[str, float]:
     """Busy seconds per image (decode, features) and per matched candidate pair, the share of
     candidates matched (1.0 for exhaustive verification); wall seconds of the selection job per
@@ -35,7 +42,7 @@ def per_item_seconds(run: dict) -> dict[str, float]:
         # adaptive verification matches this share of the candidates (reused ones count as matched)
         "matched_fraction": (pairs + counters["verify"].get("reused", 0))
         / max(1, pairs + counters["verify"].get("reused", 0) + skipped),
-        "select_s_per_row": seconds.get("select_wall", 0.0) * run.get("cores", 2) / max(1, run["counts"]["rows"]),
+        "select_s_per_row": seconds.get("select_wall", 0.0) * run_cores(run) / max(1, run["counts"]["rows"]),
     }
 
 

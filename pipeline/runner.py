@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.worker import data_plane
 
 from transforms import progress
 
@@ -54,8 +56,48 @@ def shows_progress(runner_args: list[str], wanted: bool) -> bool:
     return wanted and (runner.split(".")[-1] in _IN_PROCESS_RUNNERS or loopback)
 
 
+def worker_cores(beam_args: list[str] | None) -> int:
+    """The cores a job with these Beam options runs on: the in-process runner's worker
+    threads (what `local_runner_args` gives), else the workers times the cores their machine
+    type names (`n1-standard-8`: 8; 1 where it names none). The cost model prices busy
+    seconds and wall seconds with it (`run.json` `cores`)."""
+    runner_args = local_runner_args(list(beam_args or []))
+    options = PipelineOptions(runner_args).get_all_options(retain_unknown_options=True)
+    runner = str(options.get("runner") or "").split(".")[-1]
+    if runner in _IN_PROCESS_RUNNERS:
+        return int(options.get("direct_num_workers") or _cores())
+    workers = int(options.get("max_num_workers") or options.get("num_workers") or 1)
+    machine = str(options.get("machine_type") or "")
+    size = machine.rsplit("-", 1)[-1]
+    return workers * (int(size) if size.isdigit() else 1)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_flush_internals() -> None:
+    """Raise RuntimeError, naming the Beam version, when the Beam internals that
+    `disable_time_based_flush` relies on are gone: the module global the runner reads, and the
+    data plane's choice of a time-flushed stream only for a limit above 0. Without them the fix
+    would silently stop working and the flush race would be back."""
+    limit = getattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", None)
+    problems = []
+    if not isinstance(limit, int):
+        problems.append("fn_api_runner.worker_handlers.DATA_BUFFER_TIME_LIMIT_MS is gone")
+    else:
+        source = inspect.getsource(worker_handlers)
+        if source.count("DATA_BUFFER_TIME_LIMIT_MS") < 3:
+            problems.append("the runner no longer passes DATA_BUFFER_TIME_LIMIT_MS to its data plane")
+    if not hasattr(data_plane, "TimeBasedBufferingClosableOutputStream"):
+        problems.append("worker.data_plane.TimeBasedBufferingClosableOutputStream is gone")
+    elif "data_buffer_time_limit_ms > 0" not in inspect.getsource(data_plane):
+        problems.append("the data plane no longer skips time-based flushing for a limit of 0")
+    if problems:
+        raise RuntimeError(
+            f"apache_beam {beam.__version__} changed the internals gld's local-runner fix relies on "
+            f"({'; '.join(problems)}); see pipeline/runner.py disable_time_based_flush, written for Beam 2.77"
+        )
 
 
 def disable_time_based_flush() -> None:
@@ -69,7 +111,9 @@ def disable_time_based_flush() -> None:
     read from payload bytes that allocates gigabytes). Without the timer, streams flush at
     element boundaries (by size) and on close only. `tests/test_local_runner.py` reproduces the
     loss with the timer (GLD_REPRO=1) and checks the pipeline's join shape without it. The value
-    is read when a runner starts its data service and its embedded SDK harness."""
+    is read when a runner starts its data service and its embedded SDK harness;
+    `check_flush_internals` fails loudly first if Beam changed them."""
+    check_flush_internals()
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 

@@ -88,6 +88,21 @@ def test_per_item_seconds_reads_the_matched_share_from_the_counters() -> None:
         },
         "seconds": {"decode": 1.0, "features": 5.0, "verify": 8.0, "select_wall": 1.0},
         "counts": {"rows": 10},
+        "cores": 2,
     }
     costs = cost_model.per_item_seconds(run)
     assert costs["verify_s_per_pair"] == 0.2 and costs["matched_fraction"] == 0.6
+
+
+def _run(cores: int | None) -> dict:
+    counters = {"features": {"ok": 10}, "decode": {"ok": 10}, "verify": {"verified": 20}}
+    run = {"counters": counters, "seconds": {"decode": 1.0, "features": 5.0, "verify": 2.0, "select_wall": 3.0}}
+    run["counts"] = {"rows": 12}
+    return run if cores is None else {**run, "cores": cores}
+
+
+def test_selection_is_priced_with_the_cores_the_run_recorded() -> None:
+    assert cost_model.per_item_seconds(_run(8))["select_s_per_row"] == pytest.approx(3.0 * 8 / 12)
+    assert cost_model.per_item_seconds(_run(1))["select_s_per_row"] == pytest.approx(3.0 / 12)
+    with pytest.raises(ValueError, match="no cores"):
+        cost_model.per_item_seconds(_run(None))

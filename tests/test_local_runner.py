@@ -13,9 +13,11 @@ callback copies the buffer into a proto and puts it on a byte-limited send queue
 decodes as garbage (None where a tuple was; a varint length read from descriptor bytes makes
 InputStream.read allocate gigabytes: the OOM).
 
-The tests marked GLD_REPRO demonstrate the Beam bug and are skipped by default
-(`GLD_REPRO=1 pytest tests/test_local_runner.py`); the last one is the always-on check that the
-pipeline shape keeps every element with time-based flushing off.
+The deterministic demonstration of the race runs always (it takes milliseconds); the tests marked
+GLD_REPRO run it in whole pipelines and are skipped by default (`GLD_REPRO=1 pytest
+tests/test_local_runner.py`). Always on: a local `run_pipeline` creates no time-flushed stream,
+the fix fails loudly when Beam's internals change, and the pipeline shape keeps every element
+with time-based flushing off.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.worker import data_plane
 
-from pipeline.runner import disable_time_based_flush, local_runner_args, shows_progress
+from pipeline.runner import (
+    check_flush_internals,
+    disable_time_based_flush,
+    local_runner_args,
+    run_pipeline,
+    shows_progress,
+)
 
 REPRO = pytest.mark.skipif(not os.environ.get("GLD_REPRO"), reason="Beam 2.77 bug demonstration (GLD_REPRO=1)")
 
@@ -109,7 +117,6 @@ def _run_shape_in_subprocess(args: list[str], n: int, size: int, flush_ms: int, 
     return f"ERROR rc={proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"
 
 
-@REPRO
 def test_time_based_flush_discards_what_is_written_during_a_flush() -> None:
     """Deterministic: the periodic flusher snapshots the buffer, the writer appends while the
     flush callback is blocked (a full send queue), then the flusher clears the buffer."""
@@ -168,6 +175,49 @@ def test_pipeline_shape_keeps_every_element_without_time_based_flush() -> None:
     for _ in range(12):
         rows = run_shape(local_runner_args([]), n, size)
         assert len(rows) == n and all(ok for _, ok, _, _ in rows), [r for r in rows if not r[1]]
+
+
+def _small_job(pipeline: beam.Pipeline) -> None:
+    _ = (
+        pipeline
+        | beam.Create([(i % 3, i) for i in range(30)])
+        | beam.GroupByKey()
+        | beam.MapTuple(lambda key, values: (key, sum(values)))
+    )
+
+
+@pytest.fixture
+def time_flushed_streams(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the time-flushed data-plane streams created while a test runs (in this process:
+    the in-process runner's data service and its embedded SDK harness both live here)."""
+    created: list[int] = []
+    cls = data_plane.TimeBasedBufferingClosableOutputStream
+    original = cls.__init__
+
+    def counting(self: object, *args: object, **kwargs: object) -> None:
+        created.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", counting)
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)  # Beam's default
+    return created
+
+
+def test_a_local_run_pipeline_has_the_time_based_flush_off(time_flushed_streams: list[int]) -> None:
+    with beam.Pipeline(options=PipelineOptions(local_runner_args([]))) as pipeline:
+        _small_job(pipeline)
+    assert time_flushed_streams, "the control run (Beam's default) should use time-flushed streams"
+    time_flushed_streams.clear()
+    run_pipeline(_small_job, [], show_progress=False)
+    assert time_flushed_streams == []
+
+
+def test_the_fix_fails_loudly_when_beam_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_flush_internals()  # Beam as installed: nothing to say
+    monkeypatch.delattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS")
+    with pytest.raises(RuntimeError, match=f"apache_beam {beam.__version__} changed") as raised:
+        run_pipeline(_small_job, [], show_progress=False)
+    assert "DATA_BUFFER_TIME_LIMIT_MS is gone" in str(raised.value)
 
 
 @pytest.mark.parametrize(

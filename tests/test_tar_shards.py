@@ -12,15 +12,16 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.records import Failure, FetchedImage, ManifestRow
-from schemas.vocabulary import Reason
+from schemas.records import Failure, ImageRef, ManifestRow
+from schemas.vocabulary import Reason, Stage
 from transforms.tar_shards import (
-    FetchFromTars,
+    MatchCopies,
+    ReadShards,
     ShardReport,
     TarItem,
     expected_md5,
     list_shards,
-    match_row,
+    match_copies,
     member_problem,
     read_shard,
     shards_or_fail,
@@ -166,26 +167,48 @@ def test_list_shards_is_sorted_and_ignores_other_files(tmp_path: Path) -> None:
 ROW = ManifestRow(4, IDS[0], "", 7)
 
 
-def test_match_row_prefers_a_usable_copy_then_the_first_rejection() -> None:
-    good = TarItem(IDS[0], "s/images_009.tar", data=b"ok")
-    bad = TarItem(IDS[0], "s/images_001.tar", reason=Reason.UNSAFE_PATH, detail="d")
-    assert list(match_row(IDS[0], {"rows": [ROW], "items": [bad, good]})) == [FetchedImage(ROW, b"ok")]
-    [failure] = match_row(IDS[0], {"rows": [ROW], "items": [bad]})
-    assert isinstance(failure, Failure) and failure.reason is Reason.UNSAFE_PATH and failure.line == 4
-    [missing] = match_row(IDS[0], {"rows": [ROW], "items": []})
-    assert missing.reason is Reason.MISSING_FILE
-    assert list(match_row(IDS[0], {"rows": [], "items": [good]})) == []
+def test_entries_of_unlisted_ids_are_skipped_unread(tmp_path: Path) -> None:
+    shard = _write_tar(tmp_path / "images_011.tar", [_file(_layout(i), i.encode()) for i in IDS])
+    items = list(read_shard(str(shard), 1 << 20, listed=lambda image_id: image_id == IDS[1]))
+    assert [(i.id, i.data) for i in items[:-1]] == [(IDS[1], IDS[1].encode())]
+    assert items[-1] == ShardReport(str(shard), "ok", images=1, rejected=0, unlisted=2)
 
 
-def test_fetch_from_tars_gives_each_row_one_outcome(tmp_path: Path) -> None:
-    _write_tar(tmp_path / "images_000.tar", [_file(_layout(IDS[0]), b"first"), _file("../" + _layout(IDS[1]), b"x")])
+def _ref(row: ManifestRow, path: str, index: int = 0) -> ImageRef:
+    return ImageRef(row, path, index, 10, 10, "sha")
+
+
+def test_match_copies_prefers_a_stored_copy_then_the_first_rejection() -> None:
+    stored_b, stored_a = _ref(ROW, "images/part-b.parquet"), _ref(ROW, "images/part-a.parquet", 3)
+    rejected = Failure(ROW.line, ROW.id, ROW.landmark_id, Stage.FETCH, Reason.UNSAFE_PATH, "s/images_001.tar: d")
+    undecodable = Failure(ROW.line, ROW.id, ROW.landmark_id, Stage.DECODE, Reason.TRUNCATED, "t")
+    both = {"rows": [ROW], "stored": [stored_b, stored_a], "failed": [rejected]}
+    assert list(match_copies(IDS[0], both)) == [stored_a]  # what a re-run reuses: the smallest part
+    assert list(match_copies(IDS[0], {"rows": [ROW], "stored": [], "failed": [undecodable, rejected]})) == [
+        undecodable  # decode sorts before fetch: a deterministic choice among rejections
+    ]
+    [missing] = match_copies(IDS[0], {"rows": [ROW], "stored": [], "failed": []})
+    assert missing.reason is Reason.MISSING_FILE and missing.line == 4
+    assert list(match_copies(IDS[0], {"rows": [], "stored": [stored_a], "failed": []})) == []
+
+
+def test_shards_by_reference_give_each_row_one_outcome(tmp_path: Path) -> None:
+    unlisted = "2222222222222222"
+    _write_tar(
+        tmp_path / "images_000.tar",
+        [_file(_layout(IDS[0]), b"first"), _file("../" + _layout(IDS[1]), b"x"), _file(_layout(unlisted), b"u")],
+    )
     _write_tar(tmp_path / "images_001.tar", [_file(_layout("1111111111111111"), b"unlisted")], md5="f" * 32)
     rows = [ManifestRow(n + 2, image_id, "", 1) for n, image_id in enumerate([*IDS, "1111111111111111"])]
     with BeamTestPipeline(argv=RUNNER_ARGS) as pipeline:
-        fetched, failures, reports = pipeline | beam.Create(rows) | FetchFromTars(str(tmp_path), 1 << 20)
-        assert_that(fetched | "F" >> beam.Map(lambda f: (f.row.id, f.data)), equal_to([(IDS[0], b"first")]), "ok")
+        listed = pipeline | beam.Create(rows)
+        fetched, failures, reports = listed | ReadShards(str(tmp_path), 1 << 20)
+        # what the image store hands back for each fetched copy: a reference, never the bytes
+        stored = fetched | "Store" >> beam.Map(lambda f: _ref(f.row, f"store/{f.data.decode()}"))
+        images, failed = {"rows": listed, "stored": stored, "failed": failures} | MatchCopies()
+        assert_that(images | "I" >> beam.Map(lambda i: (i.row.id, i.path)), equal_to([(IDS[0], "store/first")]), "ok")
         assert_that(
-            failures | "R" >> beam.Map(lambda f: (f.id, f.reason.value)),
+            failed | "R" >> beam.Map(lambda f: (f.id, f.reason.value)),
             equal_to(
                 [
                     (IDS[1], "unsafe_path"),
@@ -196,15 +219,15 @@ def test_fetch_from_tars_gives_each_row_one_outcome(tmp_path: Path) -> None:
             "failed",
         )
         assert_that(
-            reports | "S" >> beam.Map(lambda r: (Path(r.shard).name, r.md5)),
-            equal_to([("images_000.tar", "ok"), ("images_001.tar", "mismatch")]),
+            reports | "S" >> beam.Map(lambda r: (Path(r.shard).name, r.md5, r.unlisted)),
+            equal_to([("images_000.tar", "ok", 1), ("images_001.tar", "mismatch", 0)]),
             "reports",
         )
 
 
 def test_fetch_from_an_empty_folder_fails_when_built(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no images_"), BeamTestPipeline(argv=RUNNER_ARGS) as pipeline:
-        _ = pipeline | beam.Create([ROW]) | FetchFromTars(str(tmp_path), 1000, shards_or_fail(str(tmp_path)))
+        _ = pipeline | beam.Create([ROW]) | ReadShards(str(tmp_path), 1000, shards_or_fail(str(tmp_path)))
 
 
 def test_an_unreadable_shard_is_reported_not_raised(tmp_path: Path) -> None:

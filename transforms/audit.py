@@ -292,18 +292,21 @@ class FindAuditCandidates(beam.PTransform):
 
     def expand(self, features: beam.PCollection) -> beam.PCollection:
         cfg = self._config
-        hashed = features | "Hash" >> beam.FlatMap(_hashes) | meter("MeterHashes")
+        hashed = features | "Hash" >> beam.FlatMap(_hashes)
         exact = (
             hashed
             | "BySha" >> beam.Map(lambda h: (h[1], (h[2], h[3])))
+            | meter("MeterSha")
             | "GroupSha" >> beam.GroupByKey()
             | "ExactDuplicates" >> beam.FlatMapTuple(exact_duplicates)
         )
         near = (
             hashed
             | "PhashBuckets" >> beam.FlatMap(_phash_buckets, bands=cfg.phash_bands)
+            | meter("MeterPhash")
             | "GroupPhash" >> beam.GroupByKey()
             | "NearPairs" >> beam.FlatMapTuple(_near_in_bucket, config=cfg)
+            | meter("MeterNear")
             | "DistinctNear" >> beam.Distinct()
             | "NearFindings" >> beam.Map(_near_finding)
         )
@@ -317,19 +320,24 @@ class FindAuditCandidates(beam.PTransform):
             | "GroupBuckets" >> beam.GroupByKey()
             | "Chunks" >> beam.FlatMapTuple(_bucket_chunks, config=cfg)
             | "Candidates" >> beam.FlatMap(cross_class_candidates, partners_per_image=cfg.partners_per_image)
+            | meter("MeterCandidates")
             | "DistinctCandidates" >> beam.Distinct()
         )
-        by_id = features | "RefsById" >> beam.Map(lambda f: (f.id, light(f))) | meter("MeterRefs")
+        by_id = features | "RefsById" >> beam.Map(lambda f: (f.id, light(f)))
         halves = (
-            {"ref": by_id, "waiting": candidates | "ByFirst" >> beam.Map(lambda c: (c[0], (c,)))}
+            {
+                "ref": by_id | meter("MeterRefsFirst"),
+                "waiting": candidates | "ByFirst" >> beam.Map(lambda c: (c[0], (c,))) | meter("MeterFirst"),
+            }
             | "JoinFirst" >> beam.CoGroupByKey()
             | "WithFirst" >> beam.FlatMapTuple(_with_ref, side=2)
         )
         matches = (
-            {"ref": by_id, "waiting": halves}
+            {"ref": by_id | meter("MeterRefsSecond"), "waiting": halves | meter("MeterHalves")}
             | "JoinSecond" >> beam.CoGroupByKey()
             | "WithSecond" >> beam.FlatMapTuple(_with_ref, side=-1)
             | "Values" >> beam.Values()
+            | meter("MeterMatches")
             | "SpreadCandidates" >> beam.Reshuffle()
             | "VerifyCandidates" >> beam.ParDo(_VerifyCandidatesFn(self._verify))
         )
@@ -355,6 +363,7 @@ class AuditLabels(beam.PTransform):
         split = (
             inputs["decisions"]
             | "Components" >> beam.FlatMap(_component_of)
+            | meter("MeterComponents")
             | "GroupComponents" >> beam.GroupByKey()
             | "SplitClasses" >> beam.FlatMapTuple(_split_of_class, config=self._config)
         )

@@ -15,6 +15,7 @@ import apache_beam as beam
 from schemas.records import ImageDecision
 from schemas.tables import DECISIONS_SCHEMA, record_to_row
 from schemas.vocabulary import Stage, Status
+from transforms.metering import meter
 from transforms.store import ParquetSpec, WriteSortedParquet, WriteTrainClean
 
 
@@ -50,6 +51,7 @@ class ExportRejectedSameClass(beam.PTransform):
         rejected = (
             decisions
             | "SelectedByClass" >> beam.FlatMap(_selected_by_class)
+            | meter("MeterSelected")
             | "GroupClass" >> beam.GroupByKey()
             | "Rejected" >> beam.FlatMapTuple(rejected_of_clean_class)
         )

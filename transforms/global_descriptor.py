@@ -34,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.records import DecodedImage, FeatureRef, ImageRef
 from transforms.decode import stored_pixels
 from transforms.image_store import load_image
+from transforms.metering import meter
 from transforms.progress import StageTimer
 
 STAGE = "pairs"
@@ -200,9 +201,9 @@ class DescribeImages(beam.PTransform):
         if "images" not in inputs:
             raise ValueError("an embedding model needs the stored images")
         embeddings = inputs["images"] | "Embed" >> beam.ParDo(_EmbedFn(self._model, self._signature))
-        refs = inputs["features"] | "RefById" >> beam.Map(lambda r: (r.id, r))
+        refs = inputs["features"] | "RefById" >> beam.Map(lambda r: (r.id, r)) | meter("MeterRefs")
         return (
-            {"ref": refs, "vector": embeddings}
+            {"ref": refs, "vector": embeddings | meter("MeterEmbeddings")}
             | "JoinEmbeddings" >> beam.CoGroupByKey()
             | "Members" >> beam.FlatMapTuple(_joined_member)
         )

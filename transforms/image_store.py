@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.records import DecodedImage, ImageRef
 from schemas.tables import image_from_row
+from transforms.metering import meter
 from transforms.progress import tick
 
 IMAGES_DIR = "images"
@@ -53,6 +54,16 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if self.part_rows < 1 or self.part_seconds <= 0:
             raise ValueError("part_rows must be >= 1 and part_seconds > 0")
+
+    def for_results(self, factor: float, seconds: float = 5.0) -> StoreConfig:
+        """Parts of a store of small results made slowly (verified pairs: ~150 bytes after tens of
+        ms of matching each): `factor` times `part_rows` rows (for verified pairs, about one
+        block pair's worth) and at most `seconds` of work, read whole (not indexed). A local run
+        processes a stage as one bundle, so the end of a bundle comes only at the end of the
+        stage: these bounds are what lets a killed run keep all but the last few seconds of
+        each worker thread's results."""
+        rows = max(1, round(self.part_rows * factor))
+        return dataclasses.replace(self, part_rows=rows, part_seconds=min(self.part_seconds, seconds), indexed=False)
 
     def scaled(self, factor: float) -> StoreConfig:
         """The same settings for records `1 / factor` times the size of a stored image: parts
@@ -257,6 +268,7 @@ class ReadStore(beam.PTransform):
             begin
             | "Folder" >> beam.Create([self._directory])
             | "ListParts" >> beam.FlatMap(_parts_under)
+            | meter("MeterParts")
             | "SpreadParts" >> beam.Reshuffle()
             | "ReadParts" >> beam.FlatMap(readable_rows, columns=self._columns, stage=self._stage)
         )

@@ -1,5 +1,6 @@
 """Stages 2-3 as one composite: reuse what the store already has, fetch the rest (HTTP, an
-image folder or the tar shards), decode, and write the store as the run goes.
+image folder or the tar shards), decode, and write the store as the run goes: image bytes go
+from where they are read to the store in one fused step and never cross a shuffle.
 
 Re-running with the same `--output` therefore resumes: an id stored by an earlier (even killed)
 run is read back instead of downloaded, a row that already failed keeps its recorded failure
@@ -37,8 +38,9 @@ from transforms.image_store import (
     part_files,
     readable_rows,
 )
+from transforms.metering import meter
 from transforms.progress import tick
-from transforms.tar_shards import FetchFromTars, shards_or_fail
+from transforms.tar_shards import MatchCopies, ReadShards, shards_or_fail
 
 STAGE = "ingest"
 
@@ -160,10 +162,17 @@ class _Resume(beam.PTransform):
             | "StoredParts" >> beam.Create(self._images)
             | "ReadStored" >> beam.FlatMap(readable_rows, columns=INDEX_COLUMNS, stage=STAGE)
             | "KeyStored" >> beam.Map(lambda r: (r["id"], r))
+            | meter("MeterStored")
         )
-        failed = pipeline | "LoggedParts" >> beam.Create(self._logged) | "ReadLogged" >> beam.FlatMap(read_logged)
+        failed = (
+            pipeline
+            | "LoggedParts" >> beam.Create(self._logged)
+            | "ReadLogged" >> beam.FlatMap(read_logged)
+            | meter("MeterLogged")
+        )
+        keyed = rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)) | meter("MeterRows")
         outcomes = (
-            {"rows": rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)), "stored": stored, "failed": failed}
+            {"rows": keyed, "stored": stored, "failed": failed}
             | "JoinStore" >> beam.CoGroupByKey()
             | "Resume" >> beam.FlatMapTuple(resume, retry_failed=self._retry_failed)
             | "Kind" >> beam.ParDo(_kind).with_outputs("reused", "failures", main="rows")
@@ -209,17 +218,22 @@ class Ingest(beam.PTransform):
         if resuming:
             resume_join = _Resume(listing.stored, listing.logged, config.fetch.retry_failed)
             to_fetch, reused, logged_failures = rows | "Resume" >> resume_join
-        if config.fetch.tar_dir:
-            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "FetchFromTars" >> FetchFromTars(
+        tars = bool(config.fetch.tar_dir)
+        if tars:
+            fetched, fetch_failures, outputs["shard_reports"] = to_fetch | "ReadShards" >> ReadShards(
                 config.fetch.tar_dir, config.fetch.max_bytes, listing.shards
             )
         else:
             fetched, fetch_failures = to_fetch | "FetchImages" >> FetchImages(config.fetch)
+        # fused with the fetch (no grouping between): bytes go from the source to the store
         decoded, decode_failures = fetched | "DecodeImages" >> DecodeImages(config.decode)
         stored_now = decoded | "StoreImages" >> WriteStoreParts(
             images_dir, IMAGES_SCHEMA, image_to_row, config.parts, to_ref=image_ref
         )
         new_failures = (fetch_failures, decode_failures) | "NewFailures" >> beam.Flatten()
+        if tars:  # outcomes per copy in the shards -> one per row, by reference
+            copies = {"rows": to_fetch, "stored": stored_now, "failed": new_failures}
+            stored_now, new_failures = copies | "MatchCopies" >> MatchCopies()
         new_failures | "LogFailures" >> WriteStoreParts(
             listing.log_dir, INGEST_FAILURES_SCHEMA, record_to_row, replace(config.parts, indexed=False)
         )
@@ -230,6 +244,7 @@ class Ingest(beam.PTransform):
         outputs["duplicates"] = (
             images
             | "ByContent" >> beam.Map(lambda i: (i.sha256, (i.row.id, i.row.landmark_id)))
+            | meter("MeterContent")
             | "GroupContent" >> beam.GroupByKey()
             | "Duplicates" >> beam.FlatMapTuple(duplicate_groups)
         )

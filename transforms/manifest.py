@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 from schemas.gldv2_csv import missing_columns, parse_header, parse_manifest_line, synthetic_id
 from schemas.records import Failure, ManifestRow
 from schemas.vocabulary import Reason, Stage
+from transforms.metering import meter
 from transforms.routing import route
 
 STAGE = Stage.MANIFEST.value
@@ -100,6 +101,7 @@ class ReadManifest(beam.PTransform):
             pbegin
             | "Path" >> beam.Create([self._config.path])
             | "ReadLines" >> beam.FlatMap(iter_lines)
+            | meter("MeterLines")
             | "Spread" >> beam.Reshuffle()
             | "Parse" >> beam.MapTuple(parse_line, columns=columns)
         )
@@ -107,6 +109,7 @@ class ReadManifest(beam.PTransform):
         unique = (
             rows
             | "KeyById" >> beam.Map(lambda r: (r.id, r))
+            | meter("MeterRows")
             | "GroupById" >> beam.GroupByKey()
             | "Dedupe" >> beam.FlatMapTuple(resolve_duplicates)
         )

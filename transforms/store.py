@@ -146,6 +146,7 @@ class ReadTable(beam.PTransform):
             begin
             | "Table" >> beam.Create([self._path])
             | "Files" >> beam.FlatMap(table_files)
+            | meter("MeterFiles")
             | "ReadFiles" >> beam.io.ReadAllFromParquet()
         )
 
@@ -182,8 +183,10 @@ class WriteTrainClean(beam.PTransform):
         return (
             decisions
             | "Kept" >> beam.FlatMap(self._ids_of)
+            | meter("MeterKept")
             | "GroupKept" >> beam.GroupByKey()
             | "Line" >> beam.MapTuple(clean_row)
+            | meter("MeterLines")
             | "AllLines" >> beam.combiners.ToList()
             | "Write" >> beam.Map(_write_clean, path=self._path)
         )

@@ -5,7 +5,13 @@ member straight from the archive (a second streaming pass; nothing is extracted 
 member is only trusted when it is a regular file at `a/b/c/<id>.jpg` with `a, b, c` the first
 three characters of `<id>`: absolute paths, `..`, links, devices and misplaced ids are refused,
 and the manifest row of such an id fails as `unsafe_path` instead of silently going missing.
-Shards are joined to manifest rows by id, so any number of shards and any manifest subset work.
+
+Image bytes never cross a shuffle: the reader looks each member's id up in the manifest rows (a
+side input, looked up by key), skips ids no row names before reading their bytes, and hands
+the bytes of listed ones straight on to decoding and the image store in the same fused step.
+Only then do the stored references (and rejections) meet the manifest rows by id
+(`MatchCopies`), so any number of shards and any manifest subset work, and each row gets
+exactly one outcome.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas.records import Failure, FetchedImage, ManifestRow
+from schemas.records import Failure, FetchedImage, ImageRef, ManifestRow
 from schemas.vocabulary import Reason, Stage
+from transforms.metering import meter
+from transforms.progress import tick
 from transforms.routing import route
 
 STAGE = Stage.FETCH.value
@@ -43,13 +51,15 @@ class TarItem:
 @dataclass(frozen=True)
 class ShardReport:
     """Per-shard summary for `tar_shards.json`; `md5` is ok, mismatch, missing, or error (the
-    shard or its md5 file could not be read: `error` says why)."""
+    shard or its md5 file could not be read: `error` says why); `unlisted`: entries of ids the
+    manifest does not name, skipped unread."""
 
     shard: str
     md5: str
     images: int
     rejected: int
     error: str = ""
+    unlisted: int = 0
 
 
 def list_shards(tar_dir: str) -> list[str]:
@@ -83,6 +93,16 @@ def file_md5(path: str) -> str:
     return digest.hexdigest()
 
 
+def claimed_id(member: tarfile.TarInfo) -> str:
+    """The id a member's file name claims (`<id>.jpg`), "" when it claims none."""
+    base = posixpath.basename(member.name)
+    return base[: -len(".jpg")] if base.endswith(".jpg") else ""
+
+
+def _everything(_image_id: str) -> bool:
+    return True
+
+
 def member_problem(member: tarfile.TarInfo) -> tuple[str, str] | None:
     """None when `member` is a safe GLDv2 image entry, else (id it claims or "", why not).
 
@@ -90,8 +110,7 @@ def member_problem(member: tarfile.TarInfo) -> tuple[str, str] | None:
     unsafe member fails with this reason instead of `missing_file`.
     """
     name = member.name[2:] if member.name.startswith("./") else member.name
-    base = posixpath.basename(name)
-    claimed = base[: -len(".jpg")] if base.endswith(".jpg") else ""
+    claimed = claimed_id(member)
     if name.startswith("/"):
         return claimed, f"absolute member path {member.name!r}"
     if ".." in name.split("/"):
@@ -106,12 +125,16 @@ def member_problem(member: tarfile.TarInfo) -> tuple[str, str] | None:
     return None
 
 
-def read_shard(shard: str, max_bytes: int) -> Iterator[TarItem | ShardReport]:
-    """Every image entry of one shard as a TarItem, then one ShardReport.
+def read_shard(
+    shard: str, max_bytes: int, listed: Callable[[str], bool] = _everything
+) -> Iterator[TarItem | ShardReport]:
+    """Every image entry of one shard whose id is `listed` as a TarItem, then one ShardReport.
 
     Rejections (TarItem with a reason): md5_mismatch / md5_missing (every entry of a shard that
     does not match, or has no, md5 file), unsafe_path, too_large, read_error. Directory entries
-    are skipped; a shard that cannot be read to the end reports the error and keeps what it read.
+    are skipped, and so are entries of ids not `listed`, before their bytes are read (counted
+    as `unlisted`); a shard that cannot be read to the end reports the error and keeps what it
+    read.
     """
     try:
         expected = expected_md5(shard)
@@ -126,12 +149,16 @@ def read_shard(shard: str, max_bytes: int) -> Iterator[TarItem | ShardReport]:
         md5_state = "ok" if ok else "mismatch"
         detail = f"{shard}: md5 {actual} != {expected} from the md5 file ({_REDOWNLOAD})"
         refusal = None if ok else (Reason.MD5_MISMATCH, detail)
-    images = rejected = 0
+    images = rejected = unlisted = 0
     error = ""
     try:
         with FileSystems.open(shard) as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
             for member in archive:
                 if member.isdir():
+                    continue
+                claimed = claimed_id(member)
+                if claimed and not listed(claimed):
+                    unlisted += 1
                     continue
                 item = _member_item(shard, archive, member, refusal, max_bytes)
                 if item is None:
@@ -143,7 +170,7 @@ def read_shard(shard: str, max_bytes: int) -> Iterator[TarItem | ShardReport]:
                 yield item
     except (tarfile.TarError, OSError, EOFError) as exc:
         error = f"{type(exc).__name__}: {exc}"
-    yield ShardReport(shard=shard, md5=md5_state, images=images, rejected=rejected, error=error)
+    yield ShardReport(shard, md5_state, images, rejected, error, unlisted)
 
 
 def _member_item(
@@ -165,30 +192,6 @@ def _member_item(
     return TarItem(image_id, shard, data=extracted.read())
 
 
-def match_row(image_id: str, grouped: dict[str, Iterable]) -> Iterator[FetchedImage | Failure]:
-    """One outcome per manifest row with this id (there is at most one after dedupe).
-
-    A usable copy wins (the first by shard name when several shards hold one); otherwise the
-    first rejection by shard name; otherwise missing_file. Entries of ids that no row names
-    are counted (`fetch/tar_unlisted`) and dropped: they are not input rows.
-    """
-    rows: list[ManifestRow] = list(grouped["rows"])
-    items = sorted(grouped["items"], key=lambda i: (i.data is None, i.shard, i.reason or "", i.detail))
-    if not rows:
-        Metrics.counter(STAGE, "tar_unlisted").inc(len(items))
-        return
-    for row in rows:
-        if items and items[0].data is not None:
-            yield FetchedImage(row=row, data=items[0].data)
-        elif items:
-            first = items[0]
-            assert first.reason is not None
-            yield Failure(row.line, row.id, row.landmark_id, Stage.FETCH, first.reason, first.detail, row.url)
-        else:
-            detail = f"id {image_id} is in no images_*.tar shard"
-            yield Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, detail, row.url)
-
-
 def shards_or_fail(tar_dir: str) -> list[str]:
     shards = list_shards(tar_dir)
     if not shards:
@@ -196,20 +199,36 @@ def shards_or_fail(tar_dir: str) -> list[str]:
     return shards
 
 
-def _split(item: TarItem | ShardReport) -> Iterator[object]:
-    if isinstance(item, ShardReport):
-        yield beam.pvalue.TaggedOutput("reports", item)
-    else:
-        yield item.id, item
+def read_listed(
+    shard: str, max_bytes: int, rows: Mapping[str, list[ManifestRow]]
+) -> Iterator[FetchedImage | Failure | beam.pvalue.TaggedOutput]:
+    """One shard read against the manifest: for each entry of an id that `rows` (id -> the
+    rows naming it) lists, a FetchedImage (its bytes, to decode and store right here) or a
+    fetch Failure per row; then the ShardReport (tag `reports`). Entries of other ids are
+    skipped unread and counted as `fetch/tar_unlisted`."""
+    for item in read_shard(shard, max_bytes, listed=lambda image_id: bool(rows[image_id])):
+        if isinstance(item, ShardReport):
+            Metrics.counter(STAGE, "tar_unlisted").inc(item.unlisted)
+            yield beam.pvalue.TaggedOutput("reports", item)
+            continue
+        for row in rows[item.id]:
+            if item.data is not None:
+                yield FetchedImage(row=row, data=item.data)
+            else:
+                assert item.reason is not None
+                yield Failure(row.line, row.id, row.landmark_id, Stage.FETCH, item.reason, item.detail, row.url)
 
 
-class FetchFromTars(beam.PTransform):
-    """ManifestRow PCollection -> (FetchedImage PCollection, Failure PCollection, ShardReport PCollection).
+class ReadShards(beam.PTransform):
+    """ManifestRow PCollection -> (FetchedImage PCollection, Failure PCollection, ShardReport
+    PCollection): one outcome per copy of a listed id (a row whose id no shard holds has none
+    yet: `MatchCopies` gives it `missing_file`).
 
     `shards`: the shards, listed before the graph is built (`shards_or_fail`: a missing or empty
     `tar_dir` is an error then, not millions of failures later); None lists them when the job
-    runs, for plans built offline. Each shard is read by one worker, streaming.
-    """
+    runs, for plans built offline. Each shard is read by one worker, streaming; the rows reach
+    it as a side input looked up by id (a runner with lazy multimap side inputs, as Dataflow,
+    fetches only the ids the shard holds)."""
 
     def __init__(self, tar_dir: str, max_bytes: int, shards: Sequence[str] | None = None) -> None:
         super().__init__()
@@ -223,17 +242,72 @@ class FetchFromTars(beam.PTransform):
         else:
             folder = rows.pipeline | "TarDir" >> beam.Create([self._tar_dir])
             shards = folder | "Shards" >> beam.FlatMap(shards_or_fail)
-        items = (
+        by_id = beam.pvalue.AsMultiMap(rows | "KeyRows" >> beam.Map(lambda r: (r.id, r)) | meter("MeterListed"))
+        read = (
             shards
+            | meter("MeterShards")
             | "SpreadShards" >> beam.Reshuffle()
-            | "ReadShard" >> beam.FlatMap(read_shard, max_bytes=self._max_bytes)
-            | "Split" >> beam.ParDo(_split).with_outputs("reports", main="items")
+            | "ReadShard" >> beam.FlatMap(read_listed, self._max_bytes, by_id).with_outputs("reports", main="copies")
         )
-        keyed_rows = rows | "KeyRows" >> beam.Map(lambda r: (r.id, r))
-        matched = (
-            {"rows": keyed_rows, "items": items.items}
-            | "JoinById" >> beam.CoGroupByKey()
-            | "Match" >> beam.FlatMapTuple(match_row)
-        )
-        fetched, failures = route("RouteTarFetched", matched, STAGE)
-        return fetched, failures, items.reports
+        fetched, failures = route("RouteCopies", read.copies, STAGE)
+        return fetched, failures, read.reports
+
+
+Outcome = ImageRef | Failure
+
+
+def _outcome_order(outcome: Outcome) -> tuple:
+    if isinstance(outcome, ImageRef):
+        return (0, outcome.path, outcome.index)
+    return (1, outcome.stage.value, outcome.reason.value, outcome.detail)
+
+
+def _extra_copy(outcome: Outcome) -> str:
+    """The `ingest/extra_copy/...` counter of a copy not used: what `ingest_stats` takes back
+    from the per-copy counts of decoding and fetching so that they count rows."""
+    if isinstance(outcome, ImageRef):
+        return "extra_copy/stored"
+    return f"extra_copy/{outcome.stage.value}/{outcome.reason.value}"
+
+
+def match_copies(image_id: str, grouped: dict[str, Iterable]) -> Iterator[Outcome]:
+    """One outcome per manifest row of this id, from the outcomes of its copies in the shards
+    (at most one copy in a well-formed release): a stored image wins (the smallest store
+    part and row, the copy a re-run reuses), then the first rejection, else missing_file."""
+    rows: list[ManifestRow] = list(grouped["rows"])
+    copies = sorted([*grouped["stored"], *grouped["failed"]], key=_outcome_order)
+    for row in rows:
+        mine = [c for c in copies if _row_of(c) == (row.line, row.id)]
+        if mine:
+            yield mine[0]
+            for extra in mine[1:]:
+                tick("ingest", _extra_copy(extra))
+        else:
+            tick(STAGE, Reason.MISSING_FILE.value)
+            detail = f"id {image_id} is in no images_*.tar shard"
+            yield Failure(row.line, row.id, row.landmark_id, Stage.FETCH, Reason.MISSING_FILE, detail, row.url)
+
+
+def _row_of(outcome: Outcome) -> tuple[int, str]:
+    if isinstance(outcome, ImageRef):
+        return outcome.row.line, outcome.row.id
+    return outcome.line, outcome.id
+
+
+class MatchCopies(beam.PTransform):
+    """{"rows": ManifestRow, "stored": ImageRef, "failed": Failure} -> (ImageRef, Failure), one
+    per row: the rows read from the shards meet the outcomes of their copies (stored
+    references and rejections, never bytes) by id; see `match_copies`."""
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> tuple[beam.PCollection, beam.PCollection]:
+        keyed = {
+            "rows": inputs["rows"] | "KeyRows" >> beam.Map(lambda r: (r.id, r)) | meter("MeterRows"),
+            "stored": inputs["stored"] | "KeyStored" >> beam.Map(lambda i: (i.row.id, i)) | meter("MeterStored"),
+            "failed": inputs["failed"] | "KeyFailed" >> beam.Map(lambda f: (f.id, f)) | meter("MeterFailed"),
+        }
+        matched = keyed | "JoinById" >> beam.CoGroupByKey() | "Match" >> beam.FlatMapTuple(match_copies)
+        return matched | "Split" >> beam.ParDo(_split_outcome).with_outputs("failures", main="images")
+
+
+def _split_outcome(outcome: Outcome) -> Iterator[object]:
+    yield beam.pvalue.TaggedOutput("failures", outcome) if isinstance(outcome, Failure) else outcome

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from pipeline.cli.settings import StatedDefaults
+from pipeline.cli.strict import parse_strictly
 
 #: The numeric `gld train` flags: TrainConfig field -> what it sets (type and default from the config).
 _TRAIN_NUMBERS = {
@@ -94,7 +95,7 @@ def export_parser() -> argparse.ArgumentParser:
 def export_main(argv: list[str]) -> int:
     from pipeline.baselines.tfrecords import ExportConfig, run_export
 
-    args, beam_args = export_parser().parse_known_args(argv)
+    args, beam_args = parse_strictly(export_parser(), argv)
     try:
         summary = run_export(config_from(ExportConfig, args), beam_args, show_progress=not args.no_progress)
     except (ValueError, FileNotFoundError, OSError) as exc:
@@ -174,7 +175,7 @@ def evaluate_main(argv: list[str]) -> int:
     from pipeline.baselines.evaluate import EvaluateConfig, run_evaluation
     from pipeline.baselines.metrics import recognition_scores, retrieval_scores
 
-    args, beam_args = evaluate_parser().parse_known_args(argv)
+    args, beam_args = parse_strictly(evaluate_parser(), argv)
     try:
         summary = run_evaluation(config_from(EvaluateConfig, args), beam_args, show_progress=not args.no_progress)
         if args.solution:

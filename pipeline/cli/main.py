@@ -52,6 +52,7 @@ from pipeline.cli.settings import (  # noqa: E402
     curate_flags,
     overrides_from,
 )
+from pipeline.cli.strict import parse_strictly  # noqa: E402
 from pipeline.curation.config import PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
@@ -108,7 +109,7 @@ def _dry_run(config: CurateConfig, beam_args: list[str]) -> int:
 def curate_main(argv: list[str]) -> int:
     from pipeline.curation.curate import run_curation
 
-    args, beam_args = _curate_parser().parse_known_args(argv)
+    args, beam_args = parse_strictly(_curate_parser(), argv)
     overrides = overrides_from(args)
     if args.no_audit:
         overrides.setdefault("audit", {})["enabled"] = False
@@ -132,7 +133,7 @@ def curate_main(argv: list[str]) -> int:
 def ingest_main(argv: list[str]) -> int:
     from pipeline.curation.ingest import run_ingest
 
-    args, beam_args = _ingest_parser().parse_known_args(argv)
+    args, beam_args = parse_strictly(_ingest_parser(), argv)
     try:
         overrides = overrides_from(args)
         config = build_config(args.train_csv, args.output, overrides=overrides, progress=not args.no_progress)
@@ -163,7 +164,7 @@ def demo_main(argv: list[str]) -> int:
         "--with-baselines", action="store_true", help="then export, train (CPU, minutes) and evaluate retrieval"
     )
     parser.add_argument("--baseline-steps", type=int, default=1000, help="training steps of --with-baselines")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_strictly(parser, argv)
     try:
         result = run_demo(args.output, args.images, args.seed, beam_args, args.port)
     except OSError as exc:
@@ -209,7 +210,7 @@ def select_main(argv: list[str]) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="take the selection part of this preset")
     add_settings(parser, (SELECTION,))
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_strictly(parser, argv)
     select = overrides_from(args).get("select", {})
     try:
         run = run_reselection(args.output, args.preset, select, beam_args, progress=not args.no_progress)
@@ -254,15 +255,16 @@ def compare_main(argv: list[str]) -> int:
 
 
 def audit_main(argv: list[str]) -> int:
-    from pipeline.curation.run_folder import finished_run
+    from pipeline.curation.run_folder import finished_run, locked
     from pipeline.report.page import build_report
 
     parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
     parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
     args = parser.parse_args(argv)
     try:
-        finished_run(args.output, "gld audit")
-        path = build_report(args.output)
+        with locked(args.output, "gld audit", create=False):  # it rewrites report.html: one writer at a time
+            finished_run(args.output, "gld audit")
+            path = build_report(args.output)
     except (ValueError, KeyError, OSError) as exc:
         print(f"gld audit: error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from pipeline.cli.strict import parse_strictly
 from pipeline.curation.overlap import OverlapRunConfig, run_overlap
 
 
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def overlap_main(argv: list[str]) -> int:
-    args, beam_args = _parser().parse_known_args(argv)
+    args, beam_args = parse_strictly(_parser(), argv)
     try:
         config = OverlapRunConfig(
             output=args.output,

@@ -20,7 +20,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
 from pipeline.curation.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
-from pipeline.curation.preflight import Preflight, preflight
+from pipeline.curation.preflight import Preflight, check_paths, preflight
+from pipeline.curation.run_folder import begin_run, commit_run, locked
+from pipeline.report.html import FILES_DIR
+from pipeline.report.overlap import OVERLAP_DIR
 from pipeline.report.page import build_report
 from pipeline.runner import (
     Counters,
@@ -28,6 +31,7 @@ from pipeline.runner import (
     paths_under,
     run_pipeline,
     versions,
+    worker_cores,
     write_json,
 )
 from schemas.records import ImageDecision
@@ -53,7 +57,7 @@ from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.pairs import GeneratePairs
 from transforms.rounds import SkipRule
 from transforms.select import SelectClean
-from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table, remove_table
+from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table
 from transforms.verify import VerifyPairs
 
 VERIFIED_COLUMNS = VERIFIED_SCHEMA.names
@@ -115,7 +119,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Prefl
     rows, manifest_failures = pipeline | "ReadManifest" >> ReadManifest(manifest)
     images, ingest_failures = build_ingest(rows, config, checked.listing)
     reused, to_extract = images | "ReuseFeatures" >> ReuseStoredFeatures(stores["features"])
-    # a feature set (4000 SIFT: ~1 MB) is ~8 images' JPEGs; a verified pair ~1/1000 of one
+    # a feature set (4000 SIFT: ~1 MB) is ~8 images' JPEGs; verified pairs: a block's worth a part
     extract = ExtractFeatures(config.features, store=stores["features"], parts=config.store.scaled(1 / 8))
     extracted, feature_failures = to_extract | "ExtractFeatures" >> extract
     features = (reused, extracted) | "AllFeatures" >> beam.Flatten()
@@ -129,7 +133,7 @@ def build_curation(pipeline: beam.Pipeline, config: CurateConfig, checked: Prefl
         config.verify,
         rule=skip_rule(config),
         store=stores["verified"],
-        parts=dataclasses.replace(config.store.scaled(64), indexed=False),
+        parts=config.store.for_results(2),
         accelerator=config.features.gpu_accelerator,
     )
     failures = (manifest_failures, ingest_failures, feature_failures) | "AllFailures" >> beam.Flatten()
@@ -212,9 +216,10 @@ def merge_counters(first: Counters, second: Counters) -> Counters:
     return merged
 
 
-def finish_run(config: CurateConfig, counters: Counters, seconds: dict[str, float]) -> dict[str, Any]:
-    """Write `run.json` (the accounting that proves every input row ended in exactly one place,
-    counters, seconds, shuffle volume) and `report.html`; returns the run summary."""
+def finish_run(config: CurateConfig, counters: Counters, seconds: dict[str, float], cores: int) -> dict[str, Any]:
+    """Write `ingest_stats.json`, `report.html`, then `run.json` last, the commit marker (the
+    accounting that proves every input row ended in exactly one place, counters, seconds, the
+    `cores` the jobs ran on, shuffle volume); returns the run summary."""
     out = output_paths(config.output)
     summary = summarize(out["decisions"])
     input_rows = counters.get("manifest", {}).get("input_rows", 0)
@@ -227,33 +232,47 @@ def finish_run(config: CurateConfig, counters: Counters, seconds: dict[str, floa
         "counts": summary,
         "ingest": stats,
         "seconds": {**seconds, **busy_seconds(counters)},
+        "cores": cores,
         "shuffle": _shuffle(counters, input_rows),
         "counters": {stage: dict(sorted(c.items())) for stage, c in sorted(counters.items())},
         "versions": versions(),
         "outputs": {key: path for key, path in out.items() if key != "run_json"} | store_folders(config),
     }
-    write_json(out["run_json"], run)
-    build_report(config.output)
+    build_report(config.output, run)
+    commit_run(config.output, run)
     return run
 
 
-#: The tables each job writes (file or folder of parts); a job first removes what an earlier
-#: run left there, so that no stale part of another size is read with the new ones.
-CURATION_TABLES = ("pairs", "members", "failures", "audit_candidates", "duplicates")
-SELECTION_TABLES = ("decisions", "c2x_scores", "audit")
+#: What a run leaves beside `OUTPUT_NAMES` and `gld overlap`'s results (made from its split).
+_OTHER_OUTPUTS = (FILES_DIR, OVERLAP_DIR)
+#: The stores: reused by the next run, never cleared (see `run_folder`).
+_STORES = ("images",)
+#: The outputs `gld select` makes again (from its selection job on); the rest of a run stays.
+SELECTION_OUTPUTS = ("decisions", "train_clean", "c2x_csv", "c2x_scores", "audit", "report")
 
 
-def clear_tables(output: str, names: tuple[str, ...]) -> None:
+def previous_outputs(output: str, names: tuple[str, ...] | None = None) -> list[str]:
+    """The paths of the previous run's outputs a new run removes first: `names` (keys of
+    `OUTPUT_NAMES`, default all but the stores) and the report's pictures and overlap results."""
     out = output_paths(output)
-    for name in names:
-        remove_table(out[name])
+    keys = names if names is not None else tuple(key for key in OUTPUT_NAMES if key not in _STORES)
+    return [out[key] for key in keys] + [FileSystems.join(output, name) for name in _OTHER_OUTPUTS]
+
+
+def finish_command(config: CurateConfig) -> str:
+    """What finishes a folder whose curation was killed: the same curate again."""
+    return f"gld curate --train-csv {config.train_csv} --output {config.output} ... (the same flags)"
 
 
 def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
-    """Run the heavy half, then selection, then write `run.json` and `ingest_stats.json`."""
-    clear_tables(config.output, CURATION_TABLES + SELECTION_TABLES)
-    checked = preflight(config)
-    counters, heavy = run_pipeline(lambda p: build_curation(p, config, checked), beam_args, config.progress)
-    selection, select_wall = run_pipeline(lambda p: build_selection(p, config), beam_args, config.progress)
-    seconds = {"wall": round(heavy + select_wall, 3), "select_wall": round(select_wall, 3)}
-    return finish_run(config, merge_counters(counters, selection), seconds)
+    """Run the heavy half, then selection, then write `ingest_stats.json` and `run.json`, under
+    the folder's lock and in-progress marker (`run_folder`): a killed run leaves a folder that
+    readers refuse, and running it again gives what an uninterrupted run gives."""
+    check_paths(config)
+    with locked(config.output, "gld curate") as holder:
+        begin_run(config.output, holder, finish_command(config), previous_outputs(config.output))
+        checked = preflight(config)
+        counters, heavy = run_pipeline(lambda p: build_curation(p, config, checked), beam_args, config.progress)
+        selection, select_wall = run_pipeline(lambda p: build_selection(p, config), beam_args, config.progress)
+        seconds = {"wall": round(heavy + select_wall, 3), "select_wall": round(select_wall, 3)}
+        return finish_run(config, merge_counters(counters, selection), seconds, worker_cores(beam_args))

@@ -9,7 +9,8 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.curation.config import CurateConfig
-from pipeline.curation.preflight import ingest_config, preflight
+from pipeline.curation.preflight import check_paths, ingest_config, preflight
+from pipeline.curation.run_folder import begin_run, locked
 from pipeline.runner import (
     Counters,
     busy_seconds,
@@ -21,7 +22,8 @@ from pipeline.runner import (
 from schemas.tables import DUPLICATES_SCHEMA
 from transforms.ingest import Ingest, StoreListing
 from transforms.manifest import ManifestConfig, ReadManifest
-from transforms.store import ParquetSpec, WriteSortedParquet, read_table, remove_table
+from transforms.metering import meter
+from transforms.store import ParquetSpec, WriteSortedParquet, read_table
 
 #: What ingest writes under `--output` (the failure log folder is `ingest_failures/`).
 INGEST_OUTPUTS = {
@@ -54,6 +56,7 @@ def build_ingest(
     if "shard_reports" in ingested:
         (
             ingested["shard_reports"]
+            | meter("MeterReports")
             | "CollectReports" >> beam.combiners.ToList()
             | "WriteReports" >> beam.Map(_write_shard_reports, out["tar_shards"])
         )
@@ -80,10 +83,16 @@ def ingest_stats(counters: Counters, wall: float, duplicates_path: str) -> dict[
         if key.startswith("logged/") and value:
             name = key[len("logged/") :]
             failed[name] = failed.get(name, 0) + value
+    # copies of an id in several tar shards were fetched and decoded each; one outcome per row counts
+    extra = {key[len("extra_copy/") :]: value for key, value in ingest.items() if key.startswith("extra_copy/")}
+    for name, value in extra.items():
+        if name in failed:
+            failed[name] -= value
+    failed = {name: value for name, value in failed.items() if value}
     manifest_failed = sum(v for k, v in manifest.items() if k not in ("input_rows", "parsed")) + dedupe.get(
         "duplicate_id", 0
     )
-    stored, reused = decode.get("ok", 0), ingest.get("reused", 0)
+    stored, reused = decode.get("ok", 0) - extra.get("stored", 0), ingest.get("reused", 0)
     unique = dedupe.get("unique", 0)
     failed_total = sum(failed.values())
     duplicates = read_table(duplicates_path, columns=["sha256"]).column("sha256").to_pylist()
@@ -106,17 +115,23 @@ def ingest_stats(counters: Counters, wall: float, duplicates_path: str) -> dict[
 
 def run_ingest(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Ingest only (no features, no selection): fill the store under `config.output` and write
-    `ingest_stats.json`; a later `gld curate` with the same `--output` reuses the store."""
+    `ingest_stats.json`; a later `gld curate` with the same `--output` reuses the store.
 
+    Holds the folder's lock and starts a run there like `gld curate` (the previous run's
+    outputs go), which `gld curate` finishes: the folder holds no finished run until then."""
+    from pipeline.curation.curate import finish_command, previous_outputs  # curate imports this module
+
+    check_paths(config)
     out = ingest_paths(config.output)
-    remove_table(out["duplicates"])
-    checked = preflight(config, models=False)
+    with locked(config.output, "gld ingest") as holder:
+        begin_run(config.output, holder, finish_command(config), previous_outputs(config.output))
+        checked = preflight(config, models=False)
 
-    def build(pipeline: beam.Pipeline) -> None:
-        rows, _ = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, checked.columns))
-        build_ingest(rows, config, checked.listing)
+        def build(pipeline: beam.Pipeline) -> None:
+            rows, _ = pipeline | "ReadManifest" >> ReadManifest(ManifestConfig(config.train_csv, checked.columns))
+            build_ingest(rows, config, checked.listing)
 
-    counters, wall = run_pipeline(build, beam_args, config.progress)
-    stats = {**ingest_stats(counters, wall, out["duplicates"]), "config": config.to_json(), "versions": versions()}
-    write_json(out["ingest_stats"], stats)
+        counters, wall = run_pipeline(build, beam_args, config.progress)
+        stats = {**ingest_stats(counters, wall, out["duplicates"]), "config": config.to_json(), "versions": versions()}
+        write_json(out["ingest_stats"], stats)
     return stats

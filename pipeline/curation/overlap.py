@@ -32,7 +32,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
 from pipeline.curation.curate import output_paths, store_folders
-from pipeline.curation.run_folder import UnfinishedRun, finished_run
+from pipeline.curation.run_folder import UnfinishedRun, finished_run, locked
+from pipeline.report.overlap import OVERLAP_DIR
 from pipeline.runner import Counters, paths_under, run_pipeline, write_json
 from schemas.gldv2_csv import TRAIN_COLUMNS, parse_train_clean
 from schemas.overlap import (
@@ -365,7 +366,7 @@ def _pair_key(row: dict) -> tuple:
 
 
 def overlap_paths(config: OverlapRunConfig) -> dict[str, str]:
-    return paths_under(FileSystems.join(config.output, "overlap", config.eval_name), OVERLAP_OUTPUTS)
+    return paths_under(FileSystems.join(config.output, OVERLAP_DIR, config.eval_name), OVERLAP_OUTPUTS)
 
 
 def overlap_settings(config: OverlapRunConfig, curation: CurateConfig) -> OverlapConfig:
@@ -583,7 +584,13 @@ def summarize_overlap(config: OverlapRunConfig, counters: Counters, source: Eval
 
 def run_overlap(config: OverlapRunConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Resolve the evaluation source, run the overlap job, write `overlap.json` and rebuild
-    `report.html`; returns the counts."""
+    `report.html`, holding the folder's lock (its image store and report are written too);
+    returns the counts."""
+    with locked(config.output, "gld overlap", create=False):
+        return _run_overlap(config, beam_args)
+
+
+def _run_overlap(config: OverlapRunConfig, beam_args: list[str] | None) -> dict[str, Any]:
     started = time.time()
     run = _read_run(config.output)
     curation = dataclasses.replace(

@@ -22,16 +22,16 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import PRESETS, CurateConfig
 from pipeline.curation.curate import (
-    SELECTION_TABLES,
+    SELECTION_OUTPUTS,
     build_selection,
-    clear_tables,
     finish_run,
     merge_counters,
     output_paths,
+    previous_outputs,
     skip_rule,
 )
-from pipeline.curation.run_folder import finished_run
-from pipeline.runner import Counters, run_pipeline
+from pipeline.curation.run_folder import begin_run, locked, rerun_base
+from pipeline.runner import Counters, run_pipeline, worker_cores
 from schemas.tables import pair_from_row
 from schemas.vocabulary import AUDIT_KINDS, Stage
 from transforms.rounds import UNSAFE_SKIPS, FindUnsafeSkips, SkipRule
@@ -84,31 +84,36 @@ def run_reselection(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-select `output` with `preset`'s selection settings (the run's preset when None) and
-    the `select` overrides (SelectConfig field -> value); returns the new run summary."""
-    previous = finished_run(output, "gld select")
-    tables = output_paths(output)
-    missing = [name for name in SELECTION_INPUTS if not FileSystems.exists(tables[name])]
-    if missing:
-        raise FileNotFoundError(
-            f"{output} has no {', '.join(missing)}: its curation did not finish, or an older gld wrote it; "
-            "run `gld curate` on it again (stored images, features and pairs are reused)"
-        )
-    config = CurateConfig.from_json(previous["config"])
-    chosen = preset or config.preset
-    if chosen not in PRESETS:
-        raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(PRESETS)}")
-    settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
-    # the folder given, not the one recorded: a run folder may have been copied or moved
-    run_rule = skip_rule(config)
-    config = dataclasses.replace(config, output=output, select=settings, progress=progress)
-    # exact without a look when the run skipped nothing this selection could need (a lower
-    # threshold, the same rule); else count the skipped pairs it would not skip
-    if run_rule is not None and not run_rule.covers(SkipRule.of(settings)):
-        unsafe = _unsafe_skips(config, beam_args, progress)
-        if unsafe:
-            raise SkippedPairsNeeded(unsafe, config)
-    clear_tables(output, SELECTION_TABLES)
-    counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
-    merged = merge_counters(_first_job_counters(previous["counters"]), counters)
-    seconds = {**previous["seconds"], "select_wall": round(wall, 3)}
-    return finish_run(config, merged, seconds)
+    the `select` overrides (SelectConfig field -> value); returns the new run summary.
+
+    Holds the folder's lock and marks it in progress like `gld curate`; the run it re-selects
+    is kept in the marker, so a killed `gld select` can simply be run again."""
+    with locked(output, "gld select", create=False) as holder:
+        previous = rerun_base(output, "gld select")
+        tables = output_paths(output)
+        missing = [name for name in SELECTION_INPUTS if not FileSystems.exists(tables[name])]
+        if missing:
+            raise FileNotFoundError(
+                f"{output} has no {', '.join(missing)}: its curation did not finish, or an older gld wrote it; "
+                "run `gld curate` on it again (stored images, features and pairs are reused)"
+            )
+        config = CurateConfig.from_json(previous["config"])
+        chosen = preset or config.preset
+        if chosen not in PRESETS:
+            raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(PRESETS)}")
+        settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
+        # the folder given, not the one recorded: a run folder may have been copied or moved
+        run_rule = skip_rule(config)
+        config = dataclasses.replace(config, output=output, select=settings, progress=progress)
+        # exact without a look when the run skipped nothing this selection could need (a lower
+        # threshold, the same rule); else count the skipped pairs it would not skip
+        if run_rule is not None and not run_rule.covers(SkipRule.of(settings)):
+            unsafe = _unsafe_skips(config, beam_args, progress)
+            if unsafe:
+                raise SkippedPairsNeeded(unsafe, config)
+        finish = f"gld select --output {output} ... (the same flags)"
+        begin_run(output, holder, finish, previous_outputs(output, SELECTION_OUTPUTS), base=previous)
+        counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
+        merged = merge_counters(_first_job_counters(previous["counters"]), counters)
+        seconds = {**previous["seconds"], "select_wall": round(wall, 3)}
+        return finish_run(config, merged, seconds, worker_cores(beam_args))

@@ -21,6 +21,8 @@ from schemas.tables import features_from_row
 from transforms.store import read_table
 from transforms.verify import VerifyConfig
 
+#: The folder under a run's output that `gld overlap` writes its results to, one folder per set.
+OVERLAP_DIR = "overlap"
 _DRAWN = 3
 _TABLE_ROWS = 20
 _FEATURE_COLUMNS = ["landmark_id", "line", "width", "height", "keypoints", "descriptors", "scales", "scores"]
@@ -30,7 +32,7 @@ _COUNTS += ("overlap_train_images", "overlap_eval_images", "excluded_classes", "
 
 def _summaries(output: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(name, folder, overlap.json) of every finished `gld overlap` run of `output`."""
-    pattern = FileSystems.join(output, "overlap", "*", "overlap.json")
+    pattern = FileSystems.join(output, OVERLAP_DIR, "*", "overlap.json")
     found = []
     for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
         folder = path.rsplit("/", 1)[0]

@@ -222,11 +222,14 @@ def _overlap_html(output: str, run: dict, files: Files, verify: VerifyConfig) ->
     return overlap_section(output, run, files, verify)
 
 
-def build_report(output: str) -> str:
-    """Rebuild `<output>/report.html` (and `report_files/`) from a curate output; returns its path."""
+def build_report(output: str, run: dict | None = None) -> str:
+    """Rebuild `<output>/report.html` (and `report_files/`) from a curate output; returns its path.
+    `run`: the run summary when it is not yet committed as `run.json` (a run writes the report
+    before its commit marker); read from `run.json` when None."""
     paths = {name: FileSystems.join(output, name) for name in _INPUTS}
-    with FileSystems.open(paths["run.json"]) as handle:
-        run = json.loads(handle.read())
+    if run is None:
+        with FileSystems.open(paths["run.json"]) as handle:
+            run = json.loads(handle.read())
     config = run["config"]
     min_inliers = int(config["select"]["min_inliers"])
     decisions = read_table(paths["decisions.parquet"], ["id", "landmark_id", "status", "reason"])
