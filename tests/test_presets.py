@@ -1,5 +1,5 @@
-"""Presets and flags: `gldv2-components` (default), `gldv2-official` (smlyaka), and the learned
-`recall-first` and `precision-first`."""
+"""Presets and flags: `balanced` (the default), `gldv2-components` (SIFT), `gldv2-official`
+(smlyaka), and the learned `recall-first` and `precision-first`."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ def _config(*flags: str):
     return build_config(args.train_csv, args.output, args.preset, overrides_from(args))
 
 
-def test_default_preset_is_connected_components() -> None:
-    config = _config()
-    assert config.preset == "gldv2-components"
-    assert (config.select.policy, config.select.min_inliers, config.select.min_component_size) == ("components", 30, 2)
-    assert not config.select.largest_component_only
-    assert config.select.drop_isolated_components
-    assert (config.select.isolated_max_size, config.select.isolation_inliers) == (2, 15)
+def test_default_and_sift_presets_are_connected_components() -> None:
+    default, sift = _config(), _config("--preset", "gldv2-components")
+    assert default.preset == "balanced"
+    assert (default.features.extractor, sift.features.extractor) == ("aliked", "sift")
+    assert (default.verify.matcher, sift.verify.matcher) == ("cascade", "nn")
+    for config in (default, sift):
+        select = config.select
+        assert (select.policy, select.min_inliers, select.min_component_size) == ("components", 30, 2)
+        assert not select.largest_component_only
+        assert select.drop_isolated_components
+        assert (select.isolated_max_size, select.isolation_inliers) == (2, 15)
 
 
 def test_official_preset_is_the_smlyaka_rule_with_their_ransac() -> None:
