@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apache_beam.io.filesystems import FileSystems
+
 from pipeline.curation.config import CurateConfig
 from schemas.gldv2_csv import TRAIN_COLUMNS
 from transforms.extractors.registry import learned_module
@@ -44,6 +46,14 @@ def check_models(config: CurateConfig) -> None:
         learned_module().check_weights(matcher=config.verify.matcher)
 
 
+def check_reviews(config: CurateConfig) -> None:
+    """Raise FileNotFoundError when `--reviews` names a file that is not there: selection reads
+    it on a worker, at the end of the run."""
+    path = config.select.reviews
+    if path and not FileSystems.exists(path):
+        raise FileNotFoundError(f"--reviews {path}: no such file (gld review writes <output>/reviews.csv)")
+
+
 def preflight(config: CurateConfig, models: bool = True) -> Preflight:
     """Check the inputs, list the stores and (with `models`) check the models, in the order a
     run meets them; raises ValueError on the first problem."""
@@ -51,4 +61,5 @@ def preflight(config: CurateConfig, models: bool = True) -> Preflight:
     listing = list_store(ingest_config(config))
     if models:
         check_models(config)
+    check_reviews(config)
     return Preflight(columns, listing)

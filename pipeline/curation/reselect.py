@@ -22,6 +22,7 @@ from pipeline.curation.curate import (
     merge_counters,
     output_paths,
 )
+from pipeline.curation.preflight import check_reviews
 from pipeline.curation.run_folder import finished_run
 from pipeline.runner import Counters, run_pipeline
 from schemas.vocabulary import AUDIT_KINDS, Stage
@@ -65,6 +66,7 @@ def run_reselection(
     settings = SelectConfig(**{**PRESETS[chosen].get("select", {}), **select})
     # the folder given, not the one recorded: a run folder may have been copied or moved
     config = dataclasses.replace(config, output=output, select=settings, progress=progress)
+    check_reviews(config)
     clear_tables(output, SELECTION_TABLES)
     counters, wall = run_pipeline(lambda p: build_selection(p, config), beam_args, progress)
     merged = merge_counters(_first_job_counters(previous["counters"]), counters)
