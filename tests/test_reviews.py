@@ -31,7 +31,7 @@ def test_a_review_round_trips_through_its_line_and_the_note_stays_on_one_line():
     [
         ("a1,keep,\n", ReviewIssue.MALFORMED_LINE),
         ("a1,keep,,note,extra\n", ReviewIssue.MALFORMED_LINE),
-        (',keep,,\n', ReviewIssue.EMPTY_ID),
+        (",keep,,\n", ReviewIssue.EMPTY_ID),
         ("a1,maybe,,\n", ReviewIssue.UNKNOWN_VERDICT),
         ("a1,relabel,,\n", ReviewIssue.BAD_LANDMARK_ID),
         ("a1,relabel,-3,\n", ReviewIssue.BAD_LANDMARK_ID),
