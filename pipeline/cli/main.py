@@ -40,6 +40,7 @@ _configure_logging()
 
 from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.cli.overlap import overlap_main  # noqa: E402
+from pipeline.cli.review import review_main  # noqa: E402
 from pipeline.cli.settings import (  # noqa: E402
     CURATE_RUN_FLAGS,
     FEATURES,
@@ -317,6 +318,7 @@ COMMANDS = {
 }
 COMMANDS.update(BASELINE_COMMANDS)
 COMMANDS["overlap"] = overlap_main
+COMMANDS["review"] = review_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""`gld review`: judge a finished run by eye on loopback; verdicts go to `reviews.csv`."""
