@@ -109,7 +109,9 @@ def test_the_app_serves_queues_pictures_and_takes_verdicts(run_folder: str, tmp_
     reviewed = {q["name"]: q["reviewed"] for q in client.get("/api/queues").get_json()["queues"]}
     assert reviewed["findings"] >= 1 and reviewed["removed"] >= 1
 
-    undone = client.post("/api/undo").get_json()
+    assert client.post("/api/undo", data="x", content_type="text/plain").status_code == 415  # not from a form
+    assert client.get("/api/queues", headers={"Host": "evil.example:8765"}).status_code == 403  # DNS rebinding
+    undone = client.post("/api/undo", json={}).get_json()
     assert undone["undone"]["id"] == removed["id"] and undone["now"] is None
     lines = Path(out, "reviews.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     assert lines == [HEADER_LINE, f"{finding['id']},relabel,{finding['suggestions'][0]},a b\n"]

@@ -253,7 +253,8 @@ def _review_section(output: str, run: dict) -> str:
     )
     return (
         "<h2>Review by eye (gld review)</h2>"
-        f'<p class="note">Start <code>gld review --output {escape(output)}</code> (port {DEFAULT_PORT}), then '
+        # the folder is not named: the page of a run is the same wherever the run lies
+        f'<p class="note">Start <code>gld review --output DIR</code> (port {DEFAULT_PORT}) on this run, then '
         f"follow a link; verdicts go to {REVIEWS_NAME}, and <code>gld select --output DIR --reviews "
         f"DIR/{REVIEWS_NAME}</code> applies them ({len(reviewed)} reviewed images in {REVIEWS_NAME}).</p>"
         f"<table>{head}{''.join(_queue_row(q, reviewed) for q in queues.values())}</table>"

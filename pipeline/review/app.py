@@ -101,6 +101,17 @@ def create_app(config: ReviewConfig) -> Flask:
     store = VerdictStore(str(Path(config.output) / REVIEWS_NAME))
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
 
+    @app.before_request
+    def local_only() -> tuple[Response, int] | None:
+        """Loopback binding keeps other machines out; this keeps other web pages out: a Host
+        that is not loopback (DNS rebinding) is refused, and a write must be JSON, which a page
+        of another origin cannot send here without a CORS preflight this app never answers."""
+        if request.host.rsplit(":", 1)[0] not in (LOOPBACK, "localhost"):
+            return jsonify({"error": "gld review answers on 127.0.0.1 only"}), 403
+        if request.method == "POST" and not request.is_json:
+            return jsonify({"error": "expected a JSON body"}), 415
+        return None
+
     @app.get("/")
     def index() -> Response:
         return send_from_directory(STATIC, "index.html")

@@ -150,7 +150,7 @@ async function give(verdict) {
 }
 
 async function undo() {
-  const data = await api("/api/undo", {});
+  const data = await api("/api/undo", {});  // a JSON body: the app takes writes as JSON only
   state.queues = data.queues;
   drawTabs();
   if (!data.undone) {
