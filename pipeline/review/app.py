@@ -14,6 +14,7 @@ image the run does not have.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def _verdict_json(review: Review | None) -> dict[str, Any] | None:
 def serve(config: ReviewConfig, ready=None) -> None:
     """Serve the app on 127.0.0.1 until interrupted (loopback only: the page writes to the run
     folder, and nothing else should reach it). `ready(url)` is called once it listens."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per picture served
     server = make_server(LOOPBACK, config.port, create_app(config), threaded=True)
     url = f"http://{LOOPBACK}:{server.server_port}/"
     if ready is not None:

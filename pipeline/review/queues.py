@@ -162,7 +162,7 @@ def _findings_queue(tables: RunTables, sides: list[dict], limit: int) -> Queue:
         row = rows.get(image_id)
         if row is None:
             continue
-        what = side["kind"].replace("_", " ")
+        what = side["kind"].replace("_", " ").replace("cross class", "cross-class")
         matched = side["kind"] == AuditKind.CROSS_CLASS_MATCH.value
         score = f"{side['score']} inliers" if matched else side["finding_detail"]
         items.append(
