@@ -6,6 +6,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline.curation.reselect import _first_job_counters
 from pipeline.runner import run_pipeline
 from schemas.records import ImageDecision
 from schemas.reviews import HEADER_LINE, Review, format_review, parse_review, read_reviews
@@ -125,3 +126,9 @@ def test_apply_reviews_in_a_pipeline_counts_unknown_ids_and_bad_lines(tmp_path):
         "not_reviewable": 1,
         "bad_landmark_id": 1,
     }
+
+
+def test_a_reselection_counts_its_own_reviews_only():
+    """`gld select` keeps the first job's counters and makes the selection's and the reviews' again."""
+    previous = {"verify": {"verified": 4}, "select": {"verified_component": 3}, "review": {"keep": 2}}
+    assert _first_job_counters(previous) == {"verify": {"verified": 4}}

@@ -217,6 +217,8 @@ def select_main(argv: list[str]) -> int:
         return 2
     counts = run["counts"]
     summary = {"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]}
+    if "review" in run["counters"]:  # verdicts applied, changed, and the counted errors of --reviews
+        summary["reviews"] = run["counters"]["review"]
     print(json.dumps({**summary, "seconds": run["seconds"]["select_wall"]}))
     return 0 if counts["accounting_ok"] else 1
 

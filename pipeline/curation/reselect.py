@@ -33,8 +33,10 @@ SELECTION_INPUTS = ("members", "failures", "pairs", "audit_candidates")
 
 
 def _first_job_counters(counters: Counters) -> Counters:
-    """The counters of the run without those its selection job made (made again now)."""
-    kept = {stage: dict(values) for stage, values in counters.items() if stage != Stage.SELECT.value}
+    """The counters of the run without those its selection job made (made again now): the
+    selection's, the applied reviews' and the audit's findings."""
+    again = (Stage.SELECT.value, Stage.REVIEW.value)
+    kept = {stage: dict(values) for stage, values in counters.items() if stage not in again}
     if Stage.AUDIT.value in kept:
         kept[Stage.AUDIT.value] = {
             name: value for name, value in kept[Stage.AUDIT.value].items() if name not in AUDIT_KINDS
