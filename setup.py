@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     # tensorflow-hub 0.16 imports pkg_resources, which setuptools 81 removed; torch (the learned
     # extra) asks for any setuptools, and pip would otherwise take the newest
     "setuptools>=65,<81",
+    "flask>=3.1,<3.2",  # gld review: the local web app (Werkzeug comes with it, and with tensorboard)
 ]
 
 #: The `learned` extra (ALIKED features, LightGlue matching): kornia's model definitions on
@@ -48,9 +49,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=PACKAGES, exclude=["pipeline.demo", "pipeline.demo.*"] if WORKER_PACKAGE else []),
+    package_data={"pipeline.review": ["static/*"]},  # gld review's page: HTML, JavaScript, CSS
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7"],
+        # selenium drives Debian's chromium through chromium-driver in the gld review page test
+        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "hypothesis>=6.100,<7", "selenium>=4.27,<5"],
         "learned": LEARNED_REQUIRES,
     },
     entry_points={"console_scripts": ["gld=pipeline.cli.main:run"]},

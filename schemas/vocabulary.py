@@ -28,6 +28,7 @@ class Stage(str, Enum):
     VERIFY = "verify"
     SELECT = "select"
     AUDIT = "audit"  # counters only: the audit produces findings, never a failure or a decision
+    REVIEW = "review"  # a verdict of `gld review` applied after the rules (`gld select --reviews`)
 
 
 class Reason(str, Enum):
@@ -43,6 +44,10 @@ class Reason(str, Enum):
     ISOLATED_COMPONENT = "isolated_component"
     LOW_DEGREE = "low_degree"
     CLASS_TOO_SMALL = "class_too_small"
+    # a person's verdict (reviews.csv) applied after the rules; the detail names the rule's decision
+    REVIEWED_KEEP = "reviewed_keep"
+    REVIEWED_REMOVE = "reviewed_remove"
+    REVIEWED_RELABEL = "reviewed_relabel"
     # manifest failures
     MALFORMED_ROW = "malformed_row"
     MISSING_COLUMN = "missing_column"
@@ -147,6 +152,35 @@ class AuditKind(str, Enum):
 
 #: Every audit kind, in the order reports list them (also the `audit/<kind>` counters).
 AUDIT_KINDS = tuple(kind.value for kind in AuditKind)
+
+
+class Verdict(str, Enum):
+    """A person's verdict on one image (`reviews.csv`): keep it, remove it, or keep it under
+    another landmark."""
+
+    KEEP = "keep"
+    REMOVE = "remove"
+    RELABEL = "relabel"
+
+
+#: The decision reason each verdict gives.
+REVIEWED_REASONS = {
+    Verdict.KEEP: Reason.REVIEWED_KEEP,
+    Verdict.REMOVE: Reason.REVIEWED_REMOVE,
+    Verdict.RELABEL: Reason.REVIEWED_RELABEL,
+}
+
+
+class ReviewIssue(str, Enum):
+    """Why a line of `reviews.csv` or a verdict was not applied (`review/<issue>` counters):
+    counted errors, never a crash."""
+
+    MALFORMED_LINE = "malformed_line"  # not 4 CSV fields
+    EMPTY_ID = "empty_id"
+    UNKNOWN_VERDICT = "unknown_verdict"
+    BAD_LANDMARK_ID = "bad_landmark_id"  # not an integer >= 0, or missing for relabel
+    UNKNOWN_ID = "unknown_id"  # no input row has the id
+    NOT_REVIEWABLE = "not_reviewable"  # the row failed before selection: there is no image to judge
 
 
 class EvalStatus(str, Enum):

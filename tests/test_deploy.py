@@ -88,9 +88,11 @@ def test_job_wide_resource_hints_show_on_every_step(offline, capsys) -> None:
 
 
 def test_local_paths_are_flagged_for_a_remote_runner(offline, capsys, tmp_path: Path) -> None:
-    code, plan, err = _plan([*GS, "--images-dir", str(tmp_path), *DATAFLOW], capsys)
+    reviews = ["--reviews", str(tmp_path / "reviews.csv")]  # read by the selection job's workers
+    code, plan, err = _plan([*GS, "--images-dir", str(tmp_path), *reviews, *DATAFLOW], capsys)
     assert code == 1
-    assert plan["local_paths"] == ["images_dir"]
+    assert plan["local_paths"] == ["images_dir", "reviews"]
+    assert "ApplyReviews" in [step["name"] for step in plan["steps"]]
     assert "cannot reach" in err
 
 

@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("schemas",),
     ("transforms",),
     ("pipeline.runner",),
-    ("pipeline.curation", "pipeline.baselines", "pipeline.report", "pipeline.demo"),
+    ("pipeline.curation", "pipeline.baselines", "pipeline.report", "pipeline.demo", "pipeline.review"),
     ("pipeline.cli",),
 )
 
@@ -30,6 +30,9 @@ SEAMS = {
     ("pipeline.curation.overlap", "pipeline.report.page"),  # report.html after gld overlap
     ("pipeline.demo.run", "pipeline.curation.config"),  # gld demo runs a curation
     ("pipeline.demo.run", "pipeline.curation.curate"),
+    ("pipeline.report.page", "pipeline.review.queues"),  # the report counts and links the review's items
+    ("pipeline.review.app", "pipeline.curation.run_folder"),  # gld review reads finished runs only
+    ("pipeline.review.pictures", "pipeline.report.images"),  # thumbnails and drawn matches, as the report's
 }
 
 

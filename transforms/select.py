@@ -45,7 +45,10 @@ class SelectConfig:
 
     `isolation_inliers` sits between chance and evidence: unrelated photos reach about 10 inliers
     by chance (SIFT 4000, affine 12 px), while the pairs that link a genuine small component to
-    the rest of its class, when a high `min_inliers` splits it off, keep 40 or more."""
+    the rest of its class, when a high `min_inliers` splits it off, keep 40 or more.
+
+    `reviews`: a reviews.csv (any Beam path; "" for none) whose verdicts apply after the rules
+    (`transforms.apply_reviews`, wired by the selection job, not by `SelectClean`)."""
 
     min_inliers: int = 30
     min_component_size: int = 2
@@ -56,6 +59,7 @@ class SelectConfig:
     drop_isolated_components: bool = False
     isolated_max_size: int = 2
     isolation_inliers: int = 15
+    reviews: str = ""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

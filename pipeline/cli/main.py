@@ -41,6 +41,7 @@ _configure_logging()
 
 from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
 from pipeline.cli.overlap import overlap_main  # noqa: E402
+from pipeline.cli.review import review_main  # noqa: E402
 from pipeline.cli.settings import (  # noqa: E402
     CURATE_RUN_FLAGS,
     FEATURES,
@@ -227,6 +228,8 @@ def select_main(argv: list[str]) -> int:
         return 2
     counts = run["counts"]
     summary = {"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]}
+    if "review" in run["counters"]:  # verdicts applied, changed, and the counted errors of --reviews
+        summary["reviews"] = run["counters"]["review"]
     print(json.dumps({**summary, "seconds": run["seconds"]["select_wall"]}))
     return 0 if counts["accounting_ok"] else 1
 
@@ -329,6 +332,7 @@ COMMANDS = {
 }
 COMMANDS.update(BASELINE_COMMANDS)
 COMMANDS["overlap"] = overlap_main
+COMMANDS["review"] = review_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -249,6 +249,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a pair with this many inliers to the rest of the class keeps a component",
         SELECTION,
     ),
+    Setting(
+        "--reviews",
+        "select",
+        "reviews",
+        "reviews.csv of gld review: its verdicts (keep, remove, relabel) apply after the rules",
+        SELECTION,
+    ),
 )
 
 #: The flags of `gld ingest` (and `gld curate`) that act on the whole run, not on one stage.

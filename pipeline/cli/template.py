@@ -73,6 +73,12 @@ PARAMETERS = (
     TemplateParameter("matching", "Matching recipe"),
     TemplateParameter("policy", "Selection policy"),
     TemplateParameter("min_degree", "Verified pairs per image"),
+    TemplateParameter(
+        "reviews",
+        "Reviewed verdicts",
+        "gs:// reviews.csv of gld review (id,verdict,landmark_id,note), applied after the rules",
+        _GCS_PATH,
+    ),
 )
 
 

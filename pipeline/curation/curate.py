@@ -48,6 +48,7 @@ from schemas.tables import (
     record_to_row,
 )
 from schemas.vocabulary import Status
+from transforms.apply_reviews import ApplyReviews
 from transforms.audit import AuditLabels, FindAuditCandidates
 from transforms.c2x import ExportRejectedSameClass
 from transforms.feature_store import ReuseStoredFeatures, features_folder
@@ -167,6 +168,8 @@ def build_selection(pipeline: beam.Pipeline, config: CurateConfig) -> dict[str, 
     failed = _read(pipeline, "Failures", out["failures"], decision_from_row)
     selected = {"members": members, "pairs": pairs} | "SelectClean" >> SelectClean(config.select)
     decisions = (failed, selected) | "AllDecisions" >> beam.Flatten()
+    if config.select.reviews:
+        decisions = decisions | "ApplyReviews" >> ApplyReviews(config.select.reviews)
 
     decisions | "WriteDecisions" >> _sorted_writer(out["decisions"], _DECISIONS)
     decisions | "WriteTrainClean" >> WriteTrainClean(out["train_clean"])

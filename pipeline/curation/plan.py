@@ -51,6 +51,8 @@ def job_paths(config: CurateConfig) -> dict[str, str]:
     for name in ("images_dir", "tar_dir"):
         if getattr(config.fetch, name):
             paths[name] = getattr(config.fetch, name)
+    if config.select.reviews:  # read by the selection job's workers
+        paths["reviews"] = config.select.reviews
     return paths
 
 

@@ -83,6 +83,14 @@ def check_models(config: CurateConfig) -> None:
         learned_module().check_weights(matcher="lightglue")
 
 
+def check_reviews(config: CurateConfig) -> None:
+    """Raise FileNotFoundError when `--reviews` names a file that is not there: selection reads
+    it on a worker, at the end of the run."""
+    path = config.select.reviews
+    if path and not FileSystems.exists(path):
+        raise FileNotFoundError(f"--reviews {path}: no such file (gld review writes <output>/reviews.csv)")
+
+
 def preflight(config: CurateConfig, models: bool = True) -> Preflight:
     """Check the inputs, list the stores and (with `models`) check the models, in the order a
     run meets them; raises ValueError on the first problem. `check_paths` comes first, before
@@ -91,4 +99,5 @@ def preflight(config: CurateConfig, models: bool = True) -> Preflight:
     listing = list_store(ingest_config(config))
     if models:
         check_models(config)
+    check_reviews(config)
     return Preflight(columns, listing)

@@ -30,6 +30,7 @@ from pipeline.curation.curate import (
     previous_outputs,
     skip_rule,
 )
+from pipeline.curation.preflight import check_reviews
 from pipeline.curation.run_folder import begin_run, locked, rerun_base
 from pipeline.runner import Counters, run_pipeline, worker_cores
 from schemas.tables import pair_from_row
@@ -67,8 +68,10 @@ def _unsafe_skips(config: CurateConfig, beam_args: list[str] | None, progress: b
 
 
 def _first_job_counters(counters: Counters) -> Counters:
-    """The counters of the run without those its selection job made (made again now)."""
-    kept = {stage: dict(values) for stage, values in counters.items() if stage != Stage.SELECT.value}
+    """The counters of the run without those its selection job made (made again now): the
+    selection's, the applied reviews' and the audit's findings."""
+    again = (Stage.SELECT.value, Stage.REVIEW.value)
+    kept = {stage: dict(values) for stage, values in counters.items() if stage not in again}
     if Stage.AUDIT.value in kept:
         kept[Stage.AUDIT.value] = {
             name: value for name, value in kept[Stage.AUDIT.value].items() if name not in AUDIT_KINDS
@@ -105,6 +108,7 @@ def run_reselection(
         # the folder given, not the one recorded: a run folder may have been copied or moved
         run_rule = skip_rule(config)
         config = dataclasses.replace(config, output=output, select=settings, progress=progress)
+        check_reviews(config)
         # exact without a look when the run skipped nothing this selection could need (a lower
         # threshold, the same rule); else count the skipped pairs it would not skip
         if run_rule is not None and not run_rule.covers(SkipRule.of(settings)):

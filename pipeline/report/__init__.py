@@ -2,6 +2,7 @@
 (`data`), inline SVG charts (`charts`), thumbnails and drawn matches (`images`) and the
 `gld overlap` section (`overlap`).
 
-May import `transforms` and `schemas`; no sibling subpackage (curation calls into it through
-`page.build_report`).
+May import `transforms` and `schemas`; of the sibling subpackages only `pipeline.review.queues`
+(the page counts and links the review's items); curation calls into it through
+`page.build_report`, and `pipeline.review.pictures` uses `images`.
 """

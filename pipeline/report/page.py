@@ -28,6 +28,8 @@ from pipeline.report.data import (
 from pipeline.report.html import Files, pair_figure, table
 from pipeline.report.images import thumbnail
 from pipeline.report.overlap import overlap_section
+from pipeline.review.queues import DEFAULT_PORT, Queue, item_url, load_queues
+from schemas.reviews import REVIEWS_NAME, read_reviews
 from schemas.tables import features_from_row
 from schemas.vocabulary import AUDIT_KINDS, AuditKind, Status
 from transforms.store import read_table, stream_batches
@@ -217,6 +219,48 @@ def _rule(config: dict) -> str:
     )
 
 
+_REVIEW_LINKS = 5
+
+
+def _reviewed_ids(output: str) -> set[str]:
+    """The ids with a verdict in `<output>/reviews.csv` (none without the file)."""
+    path = FileSystems.join(output, REVIEWS_NAME)
+    if not FileSystems.exists(path):
+        return set()
+    with FileSystems.open(path) as handle:
+        return set(read_reviews(handle.read().decode("utf-8", errors="replace").splitlines()).latest)
+
+
+def _queue_row(queue: Queue, reviewed: set[str]) -> str:
+    done = sum(1 for image_id in queue.ids if image_id in reviewed)
+    open_ids = [image_id for image_id in queue.ids if image_id not in reviewed][:_REVIEW_LINKS]
+    links = " ".join(f'<a href="{escape(item_url(queue.name, i))}">{escape(i)}</a>' for i in open_ids)
+    first = queue.ids[0] if queue.ids else ""
+    title = f'<a href="{escape(item_url(queue.name, first))}">{escape(queue.title)}</a>' if first else queue.title
+    return (
+        f"<tr><td class=l>{title}</td><td>{queue.total}</td><td>{done}</td><td>{queue.total - done}</td>"
+        f"<td class=l>{links or 'none'}</td></tr>"
+    )
+
+
+def _review_section(output: str, run: dict) -> str:
+    """Counts of reviewed and unreviewed items per `gld review` queue, with links to the page."""
+    queues = load_queues(output, run)
+    reviewed = _reviewed_ids(output)
+    head = (
+        "<tr><th class=l>queue</th><th>items</th><th>reviewed</th><th>unreviewed</th>"
+        "<th class=l>next to review</th></tr>"
+    )
+    return (
+        "<h2>Review by eye (gld review)</h2>"
+        # the folder is not named: the page of a run is the same wherever the run lies
+        f'<p class="note">Start <code>gld review --output DIR</code> (port {DEFAULT_PORT}) on this run, then '
+        f"follow a link; verdicts go to {REVIEWS_NAME}, and <code>gld select --output DIR --reviews "
+        f"DIR/{REVIEWS_NAME}</code> applies them ({len(reviewed)} reviewed images in {REVIEWS_NAME}).</p>"
+        f"<table>{head}{''.join(_queue_row(q, reviewed) for q in queues.values())}</table>"
+    )
+
+
 def _overlap_html(output: str, run: dict, files: Files, verify: VerifyConfig) -> str:
     """The `gld overlap` section (`pipeline.report.overlap`)."""
     return overlap_section(output, run, files, verify)
@@ -267,6 +311,7 @@ def build_report(output: str, run: dict | None = None) -> str:
         + "<h2>Example pairs with their inlier matches</h2>"
         + (pairs_html or '<p class="note">no pairs</p>')
         + _audit_section(findings)
+        + _review_section(output, run)
         + _overlap_html(output, run, files, verify)
         + "</body></html>\n"
     )
