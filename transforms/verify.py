@@ -34,6 +34,7 @@ from transforms.image_store import StoreConfig, WriteStoreParts
 from transforms.metering import meter
 from transforms.pairs import Block, BlockKey
 from transforms.progress import StageTimer, tick
+from transforms.threads import one_blas_thread
 
 STAGE = Stage.VERIFY.value
 
@@ -274,6 +275,9 @@ class _VerifyBlockFn(beam.DoFn):
         self._config = config
         self._held_sets = Metrics.distribution(STAGE, "block_feature_sets")
         self._held_bytes = Metrics.distribution(STAGE, "block_feature_bytes")
+
+    def setup(self) -> None:
+        one_blas_thread()  # the descriptor matmuls of parallel bundles: see `transforms.threads`
 
     def process(self, element: tuple[BlockKey, Block]) -> Iterator[Verified]:
         (landmark_id, _, _), (pairs, refs) = element
