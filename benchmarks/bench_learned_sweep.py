@@ -164,16 +164,42 @@ def _components_kept(nodes: list[str], edges: list[tuple[str, str]]) -> set[str]
     return {node for node in nodes if sizes[root(node)] >= 2}
 
 
-def summarise(path: str) -> list[dict]:
-    """One row per setting of the JSON lines at `path` (see the module docstring)."""
-    roles, min_inliers, images, pairs = {}, 30, [], []
-    with open(path, encoding="utf-8") as handle:
-        for text in handle:
-            line = json.loads(text)
-            if line["kind"] == "run":
-                roles, min_inliers = line["roles"], line["min_inliers"]
-            else:
-                (images if line["kind"] == "image" else pairs).append(line)
+def _read_runs(paths: list[str]) -> tuple[dict[str, str], int, list[dict], list[dict]]:
+    """(roles, min_inliers, image lines, pair lines) of the `--out` files at `paths`, merged:
+    each image's and pair's settings of all files, for the pairs every file has measured (the
+    runs verify pairs in the same seeded order, so a shorter run's pairs are a longer one's)."""
+    roles, min_inliers = {}, 30
+    images: dict[str, dict] = {}
+    pairs: list[dict[tuple[str, str], dict]] = []
+    for path in paths:
+        pairs.append({})
+        with open(path, encoding="utf-8") as handle:
+            for text in handle:
+                line = json.loads(text)
+                if line["kind"] == "run":
+                    roles, min_inliers = line["roles"], line["min_inliers"]
+                elif line["kind"] == "image":
+                    merged = images.setdefault(line["id"], {**line, "cpu_ms": {}, "keypoints": {}})
+                    merged["cpu_ms"].update(line["cpu_ms"])
+                    merged["keypoints"].update(line["keypoints"])
+                else:
+                    pairs[-1][line["a"], line["b"]] = line
+    common = set.intersection(*(set(run) for run in pairs))
+    merged_pairs = []
+    for key in sorted(common):
+        line = {**pairs[0][key], "inliers": {}, "cpu_ms": {}}
+        for run in pairs:
+            line["inliers"].update(run[key]["inliers"])
+            line["cpu_ms"].update(run[key]["cpu_ms"])
+        merged_pairs.append(line)
+    return roles, min_inliers, list(images.values()), merged_pairs
+
+
+def summarise(paths: list[str]) -> list[dict]:
+    """One row per setting of the JSON lines at `paths` (see the module docstring and
+    `_read_runs`). Recall and precision count the images of the readable rows' classes, so
+    they are only comparable between summaries of the same pairs."""
+    roles, min_inliers, images, pairs = _read_runs(paths)
     members = {i for i, role in roles.items() if role == "member"}
     nodes = defaultdict(list)
     for image in images:
@@ -219,13 +245,15 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, default=0, help="verify only the first N shuffled pairs (0: all)")
     parser.add_argument("--min-inliers", type=int, default=30)
-    parser.add_argument("--summarise", metavar="FILE", help="print the table of a --out file and stop")
+    parser.add_argument(
+        "--summarise", metavar="FILE", nargs="+", help="print the table of --out files (their common pairs) and stop"
+    )
     args = parser.parse_args()
     if not args.summarise:
         if not (args.data and args.out):
             parser.error("--data and --out are needed to measure")
         measure(args)
-    for row in summarise(args.summarise or args.out):
+    for row in summarise(args.summarise or [args.out]):
         print(json.dumps(row))
 
 
