@@ -49,6 +49,7 @@ from schemas.records import LocalFeatures
 from transforms.decode import DecodeConfig, Normalised, normalise
 from transforms.extractors.config import FeatureConfig
 from transforms.extractors.registry import EXTRACTORS, learned_module
+from transforms.threads import one_blas_thread
 from transforms.verify import VerifyConfig, ransac_mask, verify_pair
 
 SIFT = "sift-4000"
@@ -106,6 +107,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch  # the learned extra; one thread, as in a pipeline worker thread
 
     torch.set_num_threads(1)
+    one_blas_thread()  # numpy's too, as in a pipeline worker thread
     images, roles = read_images(args.data)
     largest = max(args.budgets)
     sift = EXTRACTORS["sift"](FeatureConfig())

@@ -19,7 +19,6 @@ by `transforms.extractors.learned.device`.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 
 # OpenBLAS builds rename their symbols: numpy's wheels ship `scipy_openblas64_`, whose setter is
@@ -40,10 +39,10 @@ def _loaded_openblas() -> list[str]:
     return sorted(path for path in paths if os.path.isfile(path))
 
 
-@functools.cache
 def one_blas_thread() -> int:
-    """Limit every loaded OpenBLAS to one thread; returns how many libraries were limited. Once
-    per process (the setting is process-wide); call it after numpy is imported."""
+    """Limit every OpenBLAS loaded so far to one thread; returns how many libraries were limited.
+    The setting is process-wide, so once per worker process is enough (the feature step's model
+    load, the verification DoFn's setup), after numpy is imported."""
     limited = 0
     for path in _loaded_openblas():
         library = ctypes.CDLL(path)
