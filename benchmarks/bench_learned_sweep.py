@@ -18,8 +18,9 @@ a killed run keeps what it measured) and prints, per setting: median CPU ms per 
 (extraction) and per pair (matching + RANSAC) with their ratio to SIFT's, member-member pairs
 with >= `--min-inliers`, the most inliers of any pair with a noise image, and the precision and
 recall of "kept = in a connected component of >= 2 images of the >= min-inliers graph of its
-class" (the components rule without its isolated-component exception). `--summarise FILE`
-prints the table of an earlier (or running) `--out` file without measuring. CPU time
+class" (the components rule without its isolated-component exception). `--summarise FILE...`
+prints the table of earlier (or running) `--out` files, on their common pairs, without measuring;
+`--pairs-csv` also writes each pair's inliers per setting as CSV. CPU time
 (`time.process_time`), medians and ratios: this machine is shared.
 
     python benchmarks/bench_learned_sweep.py --data ../shared/data/landmarks-dev --out sweep.jsonl \\
@@ -236,6 +237,18 @@ def summarise(paths: list[str]) -> list[dict]:
     return rows
 
 
+def write_pairs_csv(paths: list[str], target: str) -> None:
+    """Every common pair of the `--out` files at `paths` as one CSV row: a, b, landmark_id,
+    role_a, role_b, then the inliers of each setting (for selection rules run elsewhere)."""
+    _, _, _, pairs = _read_runs(paths)
+    settings = list(pairs[0]["inliers"]) if pairs else []
+    with open(target, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "landmark_id", "role_a", "role_b", *settings])
+        for p in pairs:
+            writer.writerow([p["a"], p["b"], p["landmark_id"], *p["roles"], *(p["inliers"][s] for s in settings)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="folder with train.csv, truth.csv and images/")
@@ -250,13 +263,17 @@ def main() -> None:
     parser.add_argument(
         "--summarise", metavar="FILE", nargs="+", help="print the table of --out files (their common pairs) and stop"
     )
+    parser.add_argument("--pairs-csv", metavar="FILE", help="also write every pair's inliers per setting as CSV")
     args = parser.parse_args()
     if not args.summarise:
         if not (args.data and args.out):
             parser.error("--data and --out are needed to measure")
         measure(args)
-    for row in summarise(args.summarise or [args.out]):
+    runs = args.summarise or [args.out]
+    for row in summarise(runs):
         print(json.dumps(row))
+    if args.pairs_csv:
+        write_pairs_csv(runs, args.pairs_csv)
 
 
 if __name__ == "__main__":
