@@ -3,14 +3,17 @@ LightGlue matching from the installed weight files, offline, on the CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.cli.main import main
 from pipeline.curation.config import build_config
@@ -192,3 +195,38 @@ def test_curate_with_aliked_and_lightglue_keeps_the_landmarks_and_repeats_exactl
     for name in ("train_clean.csv", "decisions.parquet", "pairs.parquet"):
         with open(os.path.join(outputs[0], name), "rb") as a, open(os.path.join(outputs[1], name), "rb") as b:
             assert a.read() == b.read(), name
+
+
+def test_lightglue_batch_gives_each_pair_what_it_gets_alone(config: FeatureConfig) -> None:
+    pixels = _textured(7)
+    a, b = _features("a", pixels, config), _features("b", _warped(pixels)[0], config)
+    other = _features("c", _textured(8), config)
+    empty = dataclasses.replace(
+        b, keypoints=b.keypoints[:0], descriptors=b.descriptors[:0], scales=b.scales[:0], scores=b.scores[:0]
+    )
+    pairs = [(a, b), (a, other), (b, empty), (other, b)]
+    alone = [features_learned.lightglue_matches(x, y, 0.1) for x, y in pairs]
+    assert len(alone[0][0]) >= 100 and len(alone[2][0]) == 0
+    # the same matches in a batch, whichever pairs share it and in whatever order
+    order = [2, 0, 3, 1]
+    batched = features_learned.lightglue_match_batch(pairs, 0.1)
+    shuffled = features_learned.lightglue_match_batch([pairs[i] for i in order], 0.1)
+    assert len(batched) == len(shuffled) == len(pairs)
+    for k, (idx_a, idx_b) in enumerate(alone):
+        for got in (batched[k], shuffled[order.index(k)]):
+            assert np.array_equal(got[0], idx_a) and np.array_equal(got[1], idx_b) and got[0].dtype == np.int64
+        assert (np.diff(idx_a) >= 0).all()
+    assert features_learned.lightglue_match_batch([], 0.1) == []
+
+
+def test_lightglue_runs_with_pinned_adaptive_settings_and_one_cpu_thread_in_any_thread(config: FeatureConfig) -> None:
+    a = _features("a", _textured(9), config)
+    features_learned.lightglue_matches(a, a, 0.1)
+    model = features_learned._lightglue(128, 0.1, features_learned.DEPTH_CONFIDENCE, features_learned.WIDTH_CONFIDENCE)
+    assert (model.conf.depth_confidence, model.conf.width_confidence, model.conf.mp) == (0.95, 0.99, False)
+    seen: list[int] = []
+    # Beam runs bundles in threads other than the one that loaded the model
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    assert seen == [1] and torch.get_num_threads() == 1

@@ -34,6 +34,7 @@ from transforms.global_descriptor import aggregate_local
 from transforms.image_store import StoreConfig, WriteStoreParts, load_image
 from transforms.progress import StageTimer
 from transforms.routing import route
+from transforms.threads import one_blas_thread
 
 STAGE = Stage.FEATURES.value
 
@@ -127,6 +128,9 @@ class ExtractorModelHandler(ModelHandler[DecodedImage | ImageRef, Extracted, Ext
         self._config = config
 
     def load_model(self) -> Extractor:
+        # once per worker process, before its threads extract: one BLAS thread each (the global
+        # descriptor's matmul), see `transforms.threads`
+        one_blas_thread()
         return EXTRACTORS[self._config.extractor](self._config)
 
     def run_inference(

@@ -37,6 +37,7 @@ from transforms.metering import meter
 from transforms.pairs import Block, BlockKey, RoundPlan, round_blocks
 from transforms.progress import StageTimer, tick
 from transforms.rounds import SKIPPED, ClassGraph, SkipRule
+from transforms.threads import one_blas_thread
 
 STAGE = Stage.VERIFY.value
 
@@ -352,6 +353,9 @@ class _VerifyBlockFn(beam.DoFn):
         self._rule = rule
         self._held_sets = Metrics.distribution(STAGE, "block_feature_sets")
         self._held_bytes = Metrics.distribution(STAGE, "block_feature_bytes")
+
+    def setup(self) -> None:
+        one_blas_thread()  # the descriptor matmuls of parallel bundles: see `transforms.threads`
 
     def _read(self, block: Block) -> dict[str, LocalFeatures]:
         features = read_features(block.refs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,10 +101,30 @@ def _aliked(model_name: str, threshold: float) -> ALIKED:
     return _load(model, weight_file(f"{model_name}.pth"), frozenset({"dkd.hw_grid"}))
 
 
-@functools.lru_cache(maxsize=4)
-def _lightglue(descriptor_dim: int, min_confidence: float) -> LightGlue:
-    # `features=None`: kornia would otherwise download the weights; the width comes from the data
-    model = LightGlue(None, input_dim=descriptor_dim, filter_threshold=min_confidence)
+#: LightGlue's adaptive depth (early stopping: a pair stops after the layer where this share of
+#: its points is confident) and width (point pruning: a point whose matchability is below
+#: 1 - this is dropped), pinned here rather than taken from kornia's defaults so that a kornia
+#: upgrade cannot change which pairs verify. On CPU kornia prunes at any keypoint count.
+DEPTH_CONFIDENCE = 0.95
+WIDTH_CONFIDENCE = 0.99
+
+
+@functools.lru_cache(maxsize=8)
+def _lightglue(
+    descriptor_dim: int, min_confidence: float, depth_confidence: float, width_confidence: float
+) -> LightGlue:
+    # `features=None`: kornia would otherwise download the weights; the width comes from the data.
+    # Half precision (`mp`) on CUDA only: there it is kornia's tested path (its attention already
+    # runs in float16 on CUDA) and deterministic with the fixed kernels of `device()`; on CPU
+    # float32 keeps the results identical from machine to machine.
+    model = LightGlue(
+        None,
+        input_dim=descriptor_dim,
+        filter_threshold=min_confidence,
+        depth_confidence=depth_confidence,
+        width_confidence=width_confidence,
+        mp=device().type == "cuda",
+    )
     return _load(model, weight_file(LIGHTGLUE_WEIGHTS), frozenset({"confidence_thresholds"}))
 
 
@@ -144,26 +165,53 @@ class AlikedExtractor:
         )
 
 
-def lightglue_matches(a: LocalFeatures, b: LocalFeatures, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """LightGlue's correspondences of two feature sets: indices into a and into b, [M] int64
-    each, sorted by a's index: the matches whose confidence is above `min_confidence`. Keypoints are normalised
-    by each image's own size, which LightGlue needs. ValueError when the weights are absent."""
+def _lightglue_input(features: LocalFeatures, where: torch.device) -> dict[str, torch.Tensor]:
+    """One image of a LightGlue pair, batch of 1: keypoints [1, N, 2] and descriptors [1, N, D]
+    float32, image_size [1, 2] (W, H), by which LightGlue normalises the keypoints."""
+    return {
+        "keypoints": torch.from_numpy(features.keypoints.astype(np.float32))[None].to(where),
+        "descriptors": torch.from_numpy(features.descriptors.astype(np.float32))[None].to(where),
+        "image_size": torch.tensor([[features.width, features.height]], dtype=torch.float32, device=where),
+    }
+
+
+def lightglue_match_batch(
+    pairs: Sequence[tuple[LocalFeatures, LocalFeatures]],
+    min_confidence: float,
+    depth_confidence: float = DEPTH_CONFIDENCE,
+    width_confidence: float = WIDTH_CONFIDENCE,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """LightGlue's correspondences of each pair (a, b): indices into a and into b, [M] int64
+    each, sorted by a's index: the matches whose confidence is above `min_confidence`. An
+    empty side gives no match. ValueError when the weights are absent.
+
+    The pairs run one forward pass each, under one model lookup and one inference context. A
+    pair's matches must not depend on which other pairs share its call: kornia stacks a batch
+    into one pass only when no point pruning runs, and then stops all its pairs at the layer
+    where the last one is confident, so a pair can get other matches than on its own. With
+    pruning on (the default) kornia itself runs the pairs of a batch one at a time, on CPU at
+    any size and on CUDA above 1536 keypoints, so stacking gains nothing there; and stacking
+    needs equal keypoint counts. Hence per-pair passes on every device.
+    """
     empty = np.zeros(0, np.int64)
-    if a.count == 0 or b.count == 0:
-        return empty, empty
+    if not pairs:
+        return []
     with _LOAD_LOCK:
-        model = _lightglue(a.descriptors.shape[1], min_confidence)
+        model = _lightglue(pairs[0][0].descriptors.shape[1], min_confidence, depth_confidence, width_confidence)
     where = next(model.parameters()).device
-
-    def side(features: LocalFeatures) -> dict[str, torch.Tensor]:
-        return {
-            "keypoints": torch.from_numpy(features.keypoints.astype(np.float32))[None].to(where),
-            "descriptors": torch.from_numpy(features.descriptors.astype(np.float32))[None].to(where),
-            "image_size": torch.tensor([[features.width, features.height]], dtype=torch.float32, device=where),
-        }
-
+    found = []
     with torch.inference_mode():
-        out = model({"image0": side(a), "image1": side(b)})
-    matches = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
-    matches = matches[np.argsort(matches[:, 0], kind="stable")]
-    return matches[:, 0], matches[:, 1]
+        for a, b in pairs:
+            if a.count == 0 or b.count == 0:
+                found.append((empty, empty))
+                continue
+            out = model({"image0": _lightglue_input(a, where), "image1": _lightglue_input(b, where)})
+            matches = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
+            matches = matches[np.argsort(matches[:, 0], kind="stable")]
+            found.append((matches[:, 0], matches[:, 1]))
+    return found
+
+
+def lightglue_matches(a: LocalFeatures, b: LocalFeatures, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """`lightglue_match_batch` of the one pair (a, b)."""
+    return lightglue_match_batch([(a, b)], min_confidence)[0]
