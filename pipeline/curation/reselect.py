@@ -14,14 +14,8 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import PRESETS, CurateConfig
-from pipeline.curation.curate import (
-    SELECTION_OUTPUTS,
-    build_selection,
-    finish_run,
-    merge_counters,
-    output_paths,
-    previous_outputs,
-)
+from pipeline.curation.curate import build_selection, finish_run, merge_counters
+from pipeline.curation.outputs import SELECTION_OUTPUTS, output_paths, previous_outputs
 from pipeline.curation.run_folder import begin_run, locked, rerun_base
 from pipeline.runner import Counters, run_pipeline, worker_cores
 from schemas.vocabulary import AUDIT_KINDS, Stage
