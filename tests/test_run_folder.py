@@ -108,7 +108,7 @@ def test_a_lock_of_another_host_or_a_reused_pid(tmp_path: Path) -> None:
 
 def test_a_reader_of_a_missing_folder_makes_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(UnfinishedRun, match="does not exist or is empty: `gld select` needs a finished run"):
+    with pytest.raises(UnfinishedRun, match=r"no run\.json\): `gld select` needs one"):
         acquire_lock(str(missing), Holder.this_process("gld select"), create=False)
     assert not missing.exists()
 
@@ -144,3 +144,11 @@ def test_on_gcs_the_lock_is_a_create_if_absent_precondition(monkeypatch: pytest.
     assert create_exclusively("gs://bucket/out/run.lock", b"first")
     assert not create_exclusively("gs://bucket/out/run.lock", b"second")
     assert created == {"bucket/out/run.lock": b"first"}
+
+
+def test_the_folders_a_run_clears_are_those_the_report_and_overlap_use() -> None:
+    from pipeline.curation import outputs
+    from pipeline.report.html import FILES_DIR
+    from pipeline.report.overlap import OVERLAP_DIR
+
+    assert (outputs.REPORT_FILES_DIR, outputs.OVERLAP_DIR) == (FILES_DIR, OVERLAP_DIR)

@@ -19,16 +19,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
-from pipeline.curation.ingest import INGEST_OUTPUTS, build_ingest, ingest_stats
+from pipeline.curation.ingest import build_ingest, ingest_stats
+from pipeline.curation.outputs import finish_command, output_paths, previous_outputs
 from pipeline.curation.preflight import Preflight, check_paths, preflight
 from pipeline.curation.run_folder import begin_run, commit_run, locked
-from pipeline.report.html import FILES_DIR
-from pipeline.report.overlap import OVERLAP_DIR
 from pipeline.report.page import build_report
 from pipeline.runner import (
     Counters,
     busy_seconds,
-    paths_under,
     run_pipeline,
     versions,
     worker_cores,
@@ -62,26 +60,6 @@ from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTr
 from transforms.verify import VerifyPairs
 
 VERIFIED_COLUMNS = VERIFIED_SCHEMA.names
-
-#: Files and folders a run writes under `--output`, by the key used in `run.json`.
-OUTPUT_NAMES = {
-    "train_clean": "train_clean.csv",
-    "decisions": "decisions.parquet",
-    "pairs": "pairs.parquet",
-    "members": "members.parquet",
-    "failures": "failures.parquet",
-    "audit_candidates": "audit_candidates.parquet",
-    "run_json": "run.json",
-    **INGEST_OUTPUTS,
-    "c2x_csv": "c2x_rejected.csv",
-    "c2x_scores": "c2x_scores.parquet",
-    "audit": "audit.parquet",
-    "report": "report.html",
-}
-
-
-def output_paths(root: str) -> dict[str, str]:
-    return paths_under(root, OUTPUT_NAMES)
 
 
 def store_folders(config: CurateConfig) -> dict[str, str]:
@@ -244,27 +222,6 @@ def finish_run(config: CurateConfig, counters: Counters, seconds: dict[str, floa
     build_report(config.output, run)
     commit_run(config.output, run)
     return run
-
-
-#: What a run leaves beside `OUTPUT_NAMES` and `gld overlap`'s results (made from its split).
-_OTHER_OUTPUTS = (FILES_DIR, OVERLAP_DIR)
-#: The stores: reused by the next run, never cleared (see `run_folder`).
-_STORES = ("images",)
-#: The outputs `gld select` makes again (from its selection job on); the rest of a run stays.
-SELECTION_OUTPUTS = ("decisions", "train_clean", "c2x_csv", "c2x_scores", "audit", "report")
-
-
-def previous_outputs(output: str, names: tuple[str, ...] | None = None) -> list[str]:
-    """The paths of the previous run's outputs a new run removes first: `names` (keys of
-    `OUTPUT_NAMES`, default all but the stores) and the report's pictures and overlap results."""
-    out = output_paths(output)
-    keys = names if names is not None else tuple(key for key in OUTPUT_NAMES if key not in _STORES)
-    return [out[key] for key in keys] + [FileSystems.join(output, name) for name in _OTHER_OUTPUTS]
-
-
-def finish_command(config: CurateConfig) -> str:
-    """What finishes a folder whose curation was killed: the same curate again."""
-    return f"gld curate --train-csv {config.train_csv} --output {config.output} ... (the same flags)"
 
 
 def run_curation(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.curation.config import CurateConfig
+from pipeline.curation.outputs import INGEST_OUTPUTS, finish_command, previous_outputs
 from pipeline.curation.preflight import check_paths, ingest_config, preflight
 from pipeline.curation.run_folder import begin_run, locked
 from pipeline.runner import (
@@ -24,14 +25,6 @@ from transforms.ingest import Ingest, StoreListing
 from transforms.manifest import ManifestConfig, ReadManifest
 from transforms.metering import meter
 from transforms.store import ParquetSpec, WriteSortedParquet, read_table
-
-#: What ingest writes under `--output` (the failure log folder is `ingest_failures/`).
-INGEST_OUTPUTS = {
-    "images": "images",
-    "duplicates": "duplicates.parquet",
-    "tar_shards": "tar_shards.json",
-    "ingest_stats": "ingest_stats.json",
-}
 
 
 def ingest_paths(root: str) -> dict[str, str]:
@@ -119,8 +112,6 @@ def run_ingest(config: CurateConfig, beam_args: list[str] | None = None) -> dict
 
     Holds the folder's lock and starts a run there like `gld curate` (the previous run's
     outputs go), which `gld curate` finishes: the folder holds no finished run until then."""
-    from pipeline.curation.curate import finish_command, previous_outputs  # curate imports this module
-
     check_paths(config)
     out = ingest_paths(config.output)
     with locked(config.output, "gld ingest") as holder:

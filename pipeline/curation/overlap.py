@@ -32,8 +32,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
 from pipeline.curation.curate import output_paths, store_folders
+from pipeline.curation.outputs import OVERLAP_DIR
 from pipeline.curation.run_folder import UnfinishedRun, finished_run, locked
-from pipeline.report.overlap import OVERLAP_DIR
 from pipeline.runner import Counters, paths_under, run_pipeline, write_json
 from schemas.gldv2_csv import TRAIN_COLUMNS, parse_train_clean
 from schemas.overlap import (

@@ -21,15 +21,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import PRESETS, CurateConfig
-from pipeline.curation.curate import (
-    SELECTION_OUTPUTS,
-    build_selection,
-    finish_run,
-    merge_counters,
-    output_paths,
-    previous_outputs,
-    skip_rule,
-)
+from pipeline.curation.curate import build_selection, finish_run, merge_counters, skip_rule
+from pipeline.curation.outputs import SELECTION_OUTPUTS, output_paths, previous_outputs
 from pipeline.curation.preflight import check_reviews
 from pipeline.curation.run_folder import begin_run, locked, rerun_base
 from pipeline.runner import Counters, run_pipeline, worker_cores

@@ -228,10 +228,10 @@ def acquire_lock(output: str, holder: Holder, create: bool = True) -> None:
     """Take `output`'s lock for `holder`, taking over a stale one; raises FolderInUse when a
     live run holds it (or one on another host, which cannot be checked from here). Without
     `create` (a command that needs a run there), a folder that does not exist raises
-    UnfinishedRun and is not made."""
+    `finished_run`'s UnfinishedRun and is not made."""
     if not _holds_anything(output):
         if not create:
-            raise UnfinishedRun(f"{output} does not exist or is empty: `{holder.command}` needs a finished run there")
+            finished_run(output, holder.command)  # raises UnfinishedRun: there is no run.json
         if not FileSystems.exists(output):
             FileSystems.mkdirs(output)
     path = _path(output, LOCK)
