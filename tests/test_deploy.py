@@ -22,6 +22,7 @@ from packaging.requirements import Requirement
 from pipeline.cli.main import curate_flags, from_template_args, main
 from pipeline.curation.config import build_config
 from pipeline.curation.plan import planned_pipeline
+from tests.flags import SIFT
 
 REPO = Path(__file__).resolve().parents[1]
 DATAFLOW = [
@@ -243,7 +244,7 @@ def test_launch_script_dry_run_submits_nothing_and_asks_for_no_job_wide_gpu(tmp_
 
 def test_dry_run_puts_the_gpu_on_the_feature_step_alone(offline, capsys) -> None:
     gpu = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
-    delf = ["--extractor", "delf", "--delf-model", "gs://my-bucket/models/delf", "--gpu-accelerator", gpu]
+    delf = [*SIFT, "--extractor", "delf", "--delf-model", "gs://my-bucket/models/delf", "--gpu-accelerator", gpu]
     code, plan, _ = _plan([*GS, "--tar-dir", "gs://my-bucket/gldv2/tars", *delf, *DATAFLOW], capsys)
     assert code == 0 and plan["runner"] == "DataflowRunner"
     hinted = {step["name"]: step["resource_hints"] for step in plan["steps"] if step["resource_hints"]}
@@ -252,7 +253,7 @@ def test_dry_run_puts_the_gpu_on_the_feature_step_alone(offline, capsys) -> None
 
 def test_launch_script_with_a_gpu_hints_the_feature_step_only(tmp_path: Path) -> None:
     gpu = "type:nvidia-l4;count:1;install-nvidia-driver"
-    argv = [*GS, "--extractor", "delf", "--delf-model", "gs://my-bucket/models/delf"]
+    argv = [*GS, *SIFT, "--extractor", "delf", "--delf-model", "gs://my-bucket/models/delf"]
     plan = _launch(tmp_path, argv, GPU=gpu, WORKER_IMAGE="us-docker.pkg.dev/p/r/gld-worker:1")
     assert {s["name"]: s["resource_hints"] for s in plan["steps"] if s["resource_hints"]} == {
         "ExtractFeatures": {"accelerator": gpu}
@@ -267,6 +268,8 @@ def test_dry_run_puts_the_gpu_on_aliked_extraction_and_lightglue_matching_alone(
     hinted = {step["name"]: step["resource_hints"] for step in plan["steps"] if step["resource_hints"]}
     assert hinted == {"ExtractFeatures": {"accelerator": gpu}, "VerifyPairs": {"accelerator": gpu}}
     # nearest-neighbour matching of the same features stays on CPU workers
-    code, plan, _ = _plan([*GS, "--extractor", "aliked", "--gpu-accelerator", gpu, *DATAFLOW], capsys)
+    code, plan, _ = _plan(
+        [*GS, "--extractor", "aliked", "--matcher", "nn", "--gpu-accelerator", gpu, *DATAFLOW], capsys
+    )
     hinted = {step["name"]: step["resource_hints"] for step in plan["steps"] if step["resource_hints"]}
     assert hinted == {"ExtractFeatures": {"accelerator": gpu}}

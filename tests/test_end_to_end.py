@@ -219,7 +219,7 @@ def test_official_preset_keeps_a_subset_of_components(curated: dict, tmp_path_fa
     out = str(tmp_path_factory.mktemp("official"))
     images = os.path.join(os.path.dirname(curated["dataset"].train_csv), "images")
     args = ["curate", "--train-csv", curated["dataset"].train_csv, "--output", out, "--images-dir", images]
-    assert main([*args, "--preset", "gldv2-official", "--no-audit", *SIFT, *BEAM]) == 0
+    assert main([*args, "--preset", "gldv2-official", "--no-audit", *BEAM]) == 0
     official = pq.read_table(os.path.join(out, "decisions.parquet")).to_pylist()
     kept = {d["id"] for d in official if d["status"] == "kept"}
     assert kept and kept <= {d["id"] for d in curated["decisions"] if d["status"] == "kept"}

@@ -285,6 +285,7 @@ def test_curate_with_delf_keeps_the_views_that_verify(tmp_path, model_path: str)
     out = str(tmp_path / "out")
     argv = ["curate", "--train-csv", str(tmp_path / "train.csv"), "--output", out, "--images-dir", str(images_dir)]
     argv += [*SIFT, "--extractor", "delf", "--delf-model", model_path, "--no-progress", "--direct_num_workers=2"]
+    argv += ["--verification", "exhaustive"]  # every pair of views is matched, none skipped as joined
     assert main(argv) == 0
 
     decisions = {d["id"]: d for d in pq.read_table(os.path.join(out, "decisions.parquet")).to_pylist()}
