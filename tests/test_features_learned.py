@@ -144,13 +144,14 @@ def test_lightglue_of_an_empty_feature_set_matches_nothing(config: FeatureConfig
 
 def test_lightglue_needs_aliked_features() -> None:
     with pytest.raises(ValueError, match="lightglue"):
-        build_config("t.csv", "out", overrides={"verify": {"matcher": "lightglue"}})
+        build_config("t.csv", "out", "gldv2-components", overrides={"verify": {"matcher": "lightglue"}})
     with pytest.raises(ValueError, match="cascade"):
-        build_config("t.csv", "out", overrides={"verify": {"matcher": "cascade"}})
+        build_config("t.csv", "out", "gldv2-components", overrides={"verify": {"matcher": "cascade"}})
     with pytest.raises(ValueError, match="lightglue"):
         build_config(
             "t.csv",
             "out",
+            "gldv2-components",
             overrides={
                 "features": {"extractor": "aliked", "aliked_model": "aliked-t16"},
                 "verify": {"matcher": "lightglue"},
@@ -225,8 +226,13 @@ def test_lightglue_runs_with_pinned_adaptive_settings_and_one_cpu_thread_in_any_
     model = features_learned._lightglue(128, 0.1, features_learned.DEPTH_CONFIDENCE, features_learned.WIDTH_CONFIDENCE)
     assert (model.conf.depth_confidence, model.conf.width_confidence, model.conf.mp) == (0.95, 0.99, False)
     seen: list[int] = []
-    # Beam runs bundles in threads other than the one that loaded the model
-    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+
+    def match_elsewhere() -> None:
+        # Beam runs bundles in threads other than the one that loaded the model
+        features_learned.lightglue_matches(a, a, 0.1)
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=match_elsewhere)
     worker.start()
     worker.join()
     assert seen == [1] and torch.get_num_threads() == 1

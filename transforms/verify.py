@@ -442,7 +442,7 @@ class VerifyPairs(beam.PTransform):
         verify = beam.ParDo(_VerifyBlockFn(self._config, self._rule)).with_outputs("decided", main="matched")
         if self._accelerator and self._config.learned_matching:
             verify = verify.with_resource_hints(accelerator=self._accelerator)
-        spread = blocks | meter(f"{label}MeterBlocks") | f"{label}Spread" >> beam.Reshuffle()
+        spread = blocks | meter(f"Meter{label}Blocks") | f"{label}Spread" >> beam.Reshuffle()
         verified = spread | f"{label}Verify" >> verify
         if not self._store:
             matched = verified.matched | f"{label}Results" >> beam.MapTuple(lambda result, _a, _b: result)
@@ -465,10 +465,10 @@ class VerifyPairs(beam.PTransform):
                     results
                     | f"{label}Earlier" >> beam.Flatten()
                     | f"{label}ByClass" >> beam.Map(lambda r: (r.landmark_id, r))
-                    | meter(f"{label}MeterEarlier")
+                    | meter(f"Meter{label}Earlier")
                 )
                 blocks = (
-                    {"plan": plan, "earlier": earlier}
+                    {"plan": plan | meter(f"Meter{label}Plans"), "earlier": earlier}
                     | f"{label}Join" >> beam.CoGroupByKey()
                     | f"{label}Blocks"
                     >> beam.FlatMapTuple(_later_round_blocks, rule=self._rule).with_outputs("skipped", main="blocks")

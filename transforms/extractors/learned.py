@@ -77,8 +77,17 @@ def device() -> torch.device:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         return torch.device("cuda")
-    torch.set_num_threads(1)
+    one_torch_thread()
     return torch.device("cpu")
+
+
+def one_torch_thread() -> None:
+    """One PyTorch CPU thread for the calling thread. The setting does not carry to other
+    threads (a model loaded in one Beam worker thread runs in others with PyTorch's default of
+    one thread per core), so every extraction and matching call makes it: cheap, and the same
+    bits on every machine."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def _load(module: torch.nn.Module, weights: str, buffers: frozenset[str]) -> torch.nn.Module:
@@ -147,6 +156,7 @@ class AlikedExtractor:
         Raises ValueError for an array that is not an RGB image, RuntimeError from PyTorch."""
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
             raise ValueError(f"ALIKED needs uint8 RGB [H, W, 3], got {pixels.dtype} {pixels.shape}")
+        one_torch_thread()
         small, factor = shrink_for_working_side(pixels, self._config.working_side)
         # a copy: the decoded image may be read-only, and PyTorch wants tensors it may write
         tensor = torch.tensor(small, dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
@@ -196,6 +206,7 @@ def lightglue_match_batch(
     empty = np.zeros(0, np.int64)
     if not pairs:
         return []
+    one_torch_thread()
     with _LOAD_LOCK:
         model = _lightglue(pairs[0][0].descriptors.shape[1], min_confidence, depth_confidence, width_confidence)
     where = next(model.parameters()).device
