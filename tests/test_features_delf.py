@@ -18,7 +18,6 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.cli.main import main
@@ -29,6 +28,7 @@ from pipeline.demo.data import _texture
 from schemas.records import Failure, LocalFeatures
 from schemas.tables import features_from_row
 from schemas.vocabulary import Reason, Stage
+from tests.beam_graph import applied_transforms
 from tests.flags import SIFT
 from tests.test_features import _decoded, _undecodable
 from transforms.extractors.config import FeatureConfig
@@ -202,21 +202,6 @@ def test_a_missing_model_is_reported_before_the_run(tmp_path, capsys: pytest.Cap
 # --- under Beam ----------------------------------------------------------------------------------
 
 
-def _steps(pipeline: beam.Pipeline) -> list[AppliedPTransform]:
-    """Every applied transform of the pipeline graph (composites and leaves)."""
-    found: list[AppliedPTransform] = []
-
-    class Collect(PipelineVisitor):
-        def enter_composite_transform(self, node: AppliedPTransform) -> None:
-            found.append(node)
-
-        def visit_transform(self, node: AppliedPTransform) -> None:
-            found.append(node)
-
-    pipeline.visit(Collect())
-    return found
-
-
 def test_run_inference_routes_features_failures_and_counts_empty_images(model_path: str) -> None:
     images = [
         _decoded("tex", _scene(9, WIDTH, HEIGHT), line=1),
@@ -231,7 +216,7 @@ def test_run_inference_routes_features_failures_and_counts_empty_images(model_pa
     failed = failures | beam.Map(lambda f: (f.id, f.line, f.reason))
     assert_that(failed, equal_to([("corrupt", 3, Reason.EXTRACTION_ERROR)]), label="CheckFailures")
 
-    inference = [s for s in _steps(pipeline) if isinstance(s.transform, RunInference)]
+    inference = [s for s in applied_transforms(pipeline) if isinstance(s.transform, RunInference)]
     assert [s.full_label for s in inference] == ["ExtractFeatures/Extract"]
     result = pipeline.run()
     result.wait_until_finish()
@@ -251,7 +236,7 @@ def test_gpu_hint_is_on_the_feature_step_and_nowhere_else(tmp_path) -> None:
         pipeline = beam.Pipeline()
         config = build_config(str(manifest), str(tmp_path / "out"), "gldv2-components", overrides)
         build_curation(pipeline, config, preflight(config))
-        return {s.full_label: s.resource_hints for s in _steps(pipeline) if s.resource_hints}
+        return {s.full_label: s.resource_hints for s in applied_transforms(pipeline) if s.resource_hints}
 
     assert hinted(None) == {}
     steps = hinted(ACCELERATOR)

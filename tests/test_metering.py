@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pytest
-from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
+from apache_beam.pipeline import AppliedPTransform
 
 from pipeline.curation.config import build_config
 from pipeline.curation.curate import build_curation, build_selection
 from pipeline.curation.preflight import Preflight
 from schemas.gldv2_csv import TRAIN_COLUMNS
+from tests.beam_graph import applied_transforms
 from transforms.ingest import StoreListing
 
 #: Combines whose accumulator is a few numbers: a runner combines before the shuffle, so what
 #: crosses it is one accumulator per bundle, not the elements (counting those would overstate).
 LIFTED = (beam.combiners.Count.Globally, beam.CombineGlobally)
-
-
-def _applied(pipeline: beam.Pipeline) -> list[AppliedPTransform]:
-    found: list[AppliedPTransform] = []
-
-    class Collect(PipelineVisitor):
-        def enter_composite_transform(self, node: AppliedPTransform) -> None:
-            found.append(node)
-
-        def visit_transform(self, node: AppliedPTransform) -> None:
-            found.append(node)
-
-    pipeline.visit(Collect())
-    return found
 
 
 def _beam_step(node: AppliedPTransform) -> bool:
@@ -40,7 +27,7 @@ def grouping_steps(pipeline: beam.Pipeline) -> list[AppliedPTransform]:
     """The outermost Beam transform around each GroupByKey (a CoGroupByKey, Reshuffle,
     Distinct, combine, Parquet read, ...): where a step of this project hands data to a shuffle."""
     steps = {}
-    for node in _applied(pipeline):
+    for node in applied_transforms(pipeline):
         if type(node.transform).__name__ == "GroupByKey" and not node.parts:
             while node.parent is not None and _beam_step(node.parent):
                 node = node.parent
@@ -79,7 +66,7 @@ def test_tar_image_bytes_go_from_the_shard_reader_to_the_store_without_a_shuffle
     """Downstream of the shard reader, every step up to the image store is fused with it (no
     grouping between), so a JPEG never crosses a shuffle; after the store only references go on."""
     heavy, _ = _pipelines("/shards")
-    nodes = _applied(heavy)
+    nodes = applied_transforms(heavy)
     consumers: dict[int, list[AppliedPTransform]] = {}
     for node in nodes:
         if not node.parts:
