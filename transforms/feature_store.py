@@ -34,6 +34,10 @@ _EMPTY = np.zeros(0, np.float32)
 # FeatureConfig fields that change how features are computed or stored (the rest only
 # schedule the work: batch size, GPU hint).
 _SCHEDULING_FIELDS = ("max_batch_size", "gpu_accelerator")
+#: Extractors whose code changed what they compute (revision 2 of `aliked`: the dense map built
+#: in one channels_last buffer, equal to kornia's up to float rounding): their features live in
+#: a folder of their own, so a re-run never mixes the features of two revisions.
+_REVISIONS = {"aliked": 2}
 
 
 def features_folder(output: str, decode: Any, features: Any) -> str:
@@ -42,6 +46,8 @@ def features_folder(output: str, decode: Any, features: Any) -> str:
         "decode": dataclasses.asdict(decode),
         "features": {k: v for k, v in dataclasses.asdict(features).items() if k not in _SCHEDULING_FIELDS},
     }
+    if features.extractor in _REVISIONS:
+        settings["revision"] = _REVISIONS[features.extractor]
     return FileSystems.join(output, "features", settings_key(settings))
 
 

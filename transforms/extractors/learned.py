@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from kornia.feature import ALIKED, LightGlue
+from kornia.feature.aliked.aliked import InputPadder
 
 from schemas.records import LocalFeatures
 from transforms.extractors.base import FeatureArrays, compact_descriptors, shrink_for_working_side
@@ -161,10 +162,12 @@ class AlikedExtractor:
         # a copy: the decoded image may be read-only, and PyTorch wants tensors it may write
         tensor = torch.tensor(small, dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
         with torch.inference_mode():
-            found = self._model(tensor.to(next(self._model.parameters()).device))[0]
-        xy = found.keypoints.float().cpu().numpy()
-        scores = found.keypoint_scores.float().cpu().numpy()
-        descriptors = found.descriptors.float().cpu().numpy()
+            keypoints, scores, descriptors = _aliked_forward(
+                self._model, tensor.to(next(self._model.parameters()).device)
+            )
+        xy = keypoints.float().cpu().numpy()
+        scores = scores.float().cpu().numpy()
+        descriptors = descriptors.float().cpu().numpy()
         order = np.lexsort((xy[:, 1], xy[:, 0], -scores))[: self._config.max_features]
         xy = ((xy[order] + 0.5) / factor - 0.5).astype(np.float32)
         return (
@@ -173,6 +176,57 @@ class AlikedExtractor:
             np.ones(len(order), np.float32),
             scores[order],
         )
+
+
+def _aliked_forward(model: ALIKED, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ALIKED on one float image [1, 3, H, W] in [0, 1] -> keypoints [N, 2] (x, y, pixels),
+    scores [N], descriptors [N, D] (L2-normalised): kornia's `ALIKED.forward`, with the dense
+    map built by `_cpu_dense_map` on the CPU (kornia's own on a GPU, where its layout is the
+    faster one)."""
+    if image.device.type == "cpu":
+        feature_map, score_map = _cpu_dense_map(model, image)
+    else:
+        feature_map, score_map = model.extract_dense_map(image)
+    keypoints, scores, _ = model.dkd(score_map)
+    descriptors, _ = model.desc_head(feature_map, keypoints)
+    height, width = image.shape[-2:]
+    wh = torch.tensor([width - 1, height - 1], dtype=torch.float32, device=image.device)
+    return wh * (keypoints[0] + 1) / 2.0, scores[0], descriptors[0]
+
+
+def _cpu_dense_map(model: ALIKED, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALIKED's dense maps of a CPU image [1, 3, H, W]: the feature map [1, dim, H, W],
+    L2-normalised per pixel with channels_last strides, and the score map [1, 1, H, W], equal
+    to kornia's `extract_dense_map(channels_last=True)` up to float rounding (~1e-7).
+
+    Kornia concatenates the four upsampled levels in the default layout, then copies that map
+    into channels_last to normalise it: two full passes over 128 floats a pixel, 60 % of the
+    extraction's CPU at 480 px. Here each level is upsampled straight into its channels of one
+    channels_last buffer, the score head reads that buffer, and it is normalised in place."""
+    padder = InputPadder(image.shape[-2], image.shape[-1], 32)
+    x1 = model.block1(padder.pad(image))
+    x2 = model.block2(model.pool2(x1))
+    x3 = model.block3(model.pool4(x2))
+    x4 = model.block4(model.pool4(x3))
+    levels = [
+        model.gate(conv(x))
+        for conv, x in zip((model.conv1, model.conv2, model.conv3, model.conv4), (x1, x2, x3, x4), strict=True)
+    ]
+    batch, _, height, width = levels[0].shape
+    widths = [level.shape[1] for level in levels]
+    dense = torch.empty((batch, height, width, sum(widths)), dtype=levels[0].dtype).permute(0, 3, 1, 2)
+    start = 0
+    for level, upsample, channels in zip(
+        levels, (None, model.upsample2, model.upsample8, model.upsample32), widths, strict=True
+    ):
+        dense[:, start : start + channels] = (
+            level if upsample is None else upsample(level.contiguous(memory_format=torch.channels_last))
+        )
+        start += channels
+    score_map = torch.sigmoid(model.score_head(dense))
+    # F.normalize's arithmetic (x / max(|x|, 1e-12)), in place
+    dense.div_(torch.linalg.vector_norm(dense, dim=1, keepdim=True).clamp_min(1e-12))
+    return padder.unpad(dense), padder.unpad(score_map)
 
 
 def _lightglue_input(features: LocalFeatures, where: torch.device) -> dict[str, torch.Tensor]:
