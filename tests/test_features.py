@@ -1,4 +1,4 @@
-"""Tests of stage 4, local feature extraction (transforms.features)."""
+"""Tests of stage 4, local feature extraction (transforms.features.stage)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
-from transforms.decode import stored_pixels
-from transforms.extractors.base import compact_descriptors
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.registry import EXTRACTORS
-from transforms.extractors.sift import SiftExtractor, root_sift
-from transforms.features import ExtractFeatures, ExtractorModelHandler, extract_features
-from transforms.verify import VerifyConfig, putative_matches, verify_pair
+from transforms.features.extractors.base import compact_descriptors
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.registry import EXTRACTORS
+from transforms.features.extractors.sift import SiftExtractor, root_sift
+from transforms.features.stage import ExtractFeatures, ExtractorModelHandler, extract_features
+from transforms.ingest.decode import stored_pixels
+from transforms.matching.verify import VerifyConfig, putative_matches, verify_pair
 
 WIDTH, HEIGHT = 480, 320  # deliberately not square: an x/y swap would leave the bounds
 

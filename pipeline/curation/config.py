@@ -6,14 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.audit import AuditConfig
-from transforms.decode import DecodeConfig
-from transforms.extractors.config import FeatureConfig
-from transforms.fetch import FetchConfig
-from transforms.image_store import StoreConfig
-from transforms.pairs import PairConfig
-from transforms.select import SelectConfig
-from transforms.verify import VerifyConfig
+from transforms.features.extractors.config import FeatureConfig
+from transforms.ingest.decode import DecodeConfig
+from transforms.ingest.fetch import FetchConfig
+from transforms.ingest.image_store import StoreConfig
+from transforms.matching.pairs import PairConfig
+from transforms.matching.verify import VerifyConfig
+from transforms.selection.audit import AuditConfig
+from transforms.selection.select import SelectConfig
 
 #: The preset and the matching preset a run gets when it names none.
 DEFAULT_PRESET, DEFAULT_MATCHING = "balanced", "default"
