@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from schemas.records import DecodedImage, ImageRef
 from schemas.tables import image_from_row
 from transforms.plumbing.metering import meter
 from transforms.plumbing.progress import tick
+from transforms.plumbing.store import write_atomically
 
 IMAGES_DIR = "images"
 FAILURES_DIR = "ingest_failures"
@@ -112,15 +112,6 @@ def check_fingerprint(root: str, fingerprint: dict[str, Any]) -> None:
         return
     with FileSystems.create(path) as handle:
         handle.write((wanted + "\n").encode("utf-8"))
-
-
-def write_atomically(path: str, table: pa.Table, row_group_size: int | None = None) -> None:
-    """Write a Parquet file under a temporary name beside `path`, then rename it: readers see
-    the whole file or none, and a retried write replaces its own file."""
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temporary) as handle:
-        pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
-    FileSystems.rename([temporary], [path])
 
 
 def write_part(directory: str, rows: list[dict], schema: pa.Schema, indexed: bool = True) -> str:

@@ -4,11 +4,13 @@
 Rows are range-partitioned by the first characters of their sort key (a prefix as long as the
 row count of the data needs), each partition is sorted and written by its own worker, and parts
 are named in key order, so a table is globally sorted and byte-identical across runs while no
-worker holds more than one partition and none concatenates the others.
+worker holds more than one partition and none concatenates the others. Every Parquet file of the
+project is written through `write_atomically` (the stores' parts too): whole or absent.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +23,18 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.gldv2_csv import CLEAN_HEADER, format_clean_row
 from schemas.records import ImageDecision
 from schemas.vocabulary import Status
-from transforms.ingest.image_store import write_atomically
 from transforms.plumbing.metering import meter
 
 SortKey = Callable[[Any], tuple]
+
+
+def write_atomically(path: str, table: pa.Table, row_group_size: int | None = None) -> None:
+    """Write a Parquet file under a temporary name beside `path`, then rename it: readers see
+    the whole file or none, and a retried write replaces its own file."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as handle:
+        pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
+    FileSystems.rename([temporary], [path])
 
 
 def prefix_length(rows: int, rows_per_part: int) -> int:
