@@ -27,7 +27,7 @@ from schemas.tables import FEATURES_SCHEMA, FeatureSummary, feature_ref, feature
 from schemas.vocabulary import Reason, Stage
 from transforms.features.extractors.base import Extractor
 from transforms.features.extractors.config import FeatureConfig
-from transforms.features.extractors.registry import EXTRACTORS, learned_module
+from transforms.features.extractors.registry import EXTRACTORS, check_extractor, learned_module
 from transforms.features.global_descriptor import aggregate_local
 from transforms.ingest.decode import stored_pixels
 from transforms.ingest.image_store import StoreConfig, WriteStoreParts, load_image
@@ -192,11 +192,13 @@ class ExtractFeatures(beam.PTransform):
     features come out as LocalFeatures records. With `store` (a folder), they are written
     there as they are made, one feature set per row group, and what comes out is one
     FeatureRef per image: the heavy arrays never leave the step that made them.
-    The DELF model and ALIKED's weights are checked before the graph is built (`check_model`).
+    The extractor's name is checked here (`check_extractor`), the DELF model and ALIKED's
+    weights before the graph is built (`check_model`).
     """
 
     def __init__(self, config: FeatureConfig, store: str = "", parts: StoreConfig | None = None) -> None:
         super().__init__()
+        check_extractor(config.extractor)  # here, not when a worker first loads the model
         self._config = config
         self._store = store
         self._parts = parts or StoreConfig()

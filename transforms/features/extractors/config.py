@@ -1,7 +1,9 @@
 """`FeatureConfig`: the settings of the feature stage, and the extractors' defaults.
 
-The extractor name is checked against the registry (`transforms.features.extractors.registry`), which
-imports this module only for type annotations.
+This module imports no extractor and not the registry (which imports the extractors, which
+name `FeatureConfig` in their annotations): whether `extractor` names a registered extractor is
+checked by `transforms.features.extractors.registry.check_extractor`, where configs are resolved
+(`pipeline.curation.config`) and where the feature stage is built (`ExtractFeatures`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.records import DESCRIPTOR_DTYPES
-from transforms.features.extractors.registry import EXTRACTORS
 
 DESCRIPTOR_DTYPE_NAMES = tuple(dtype.name for dtype in DESCRIPTOR_DTYPES)
 
@@ -32,10 +33,11 @@ ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
 class FeatureConfig:
     """Settings of the feature stage.
 
-    - `extractor`: a key of `EXTRACTORS`; `max_features`: strongest features kept per image
-      (SIFT's cap and DELF's `max_feature_num`); None takes the extractor's default from
-      `DEFAULT_MAX_FEATURES`: DELF's own 1000, and 4000 for SIFT, which on real landmark photos
-      verifies 10 of 13 true members where 1000 verifies 4 (README, "Presets and defaults").
+    - `extractor`: a key of the registry's `EXTRACTORS` (checked there, by `check_extractor`);
+      `max_features`: strongest features kept per image (SIFT's cap and DELF's
+      `max_feature_num`); None takes the extractor's default from `DEFAULT_MAX_FEATURES`:
+      DELF's own 1000, and 4000 for SIFT, which on real landmark photos verifies 10 of 13 true
+      members where 1000 verifies 4 (README, "Presets and defaults").
     - `descriptor_dtype`: how descriptors are stored: float16 (default), float32, or uint8
       (SIFT only: RootSIFT components lie in [0, 1] and are scaled by 255).
     - `working_side`: the longest side SIFT or ALIKED sees (larger images are shrunk for
@@ -67,9 +69,9 @@ class FeatureConfig:
     gpu_accelerator: str = ""
 
     def __post_init__(self) -> None:
-        if self.extractor not in EXTRACTORS:
-            raise ValueError(f"unknown extractor {self.extractor!r}; choose from {sorted(EXTRACTORS)}")
         if self.max_features is None:
+            if self.extractor not in DEFAULT_MAX_FEATURES:
+                raise ValueError(f"extractor {self.extractor!r} has no default max_features: give max_features")
             # a frozen dataclass resolves its own default once, here
             object.__setattr__(self, "max_features", DEFAULT_MAX_FEATURES[self.extractor])
         if self.working_side is None:

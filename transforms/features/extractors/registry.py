@@ -1,5 +1,9 @@
 """The extractors by name (`EXTRACTORS`): `sift` here, `delf` (TensorFlow) and `aliked`
-(PyTorch, the `learned` extra) imported on first use, so that SIFT runs never load either."""
+(PyTorch, the `learned` extra) imported on first use, so that SIFT runs never load either.
+
+`check_extractor` is the one check of an extractor name: `FeatureConfig` does not import this
+registry (the registry imports the extractors, and they name the config in their annotations),
+so the name is checked here, where the registry lives."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from transforms.features.extractors.base import Extractor
 from transforms.features.extractors.sift import SiftExtractor
 
-if TYPE_CHECKING:  # annotations only: the config validates names against this registry
+if TYPE_CHECKING:  # annotations only
     from transforms.features.extractors.config import FeatureConfig
 
 
@@ -42,3 +46,12 @@ EXTRACTORS: dict[str, Callable[[FeatureConfig], Extractor]] = {
     "delf": _delf_extractor,
     "aliked": _aliked_extractor,
 }
+
+
+def check_extractor(name: str) -> str:
+    """`name` when it names a registered extractor; ValueError listing the names otherwise. Run
+    where configs are resolved (`pipeline.curation.config`: presets, flags, a run.json's config)
+    and where the feature stage is built, so an unknown name stops a run before any work."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {name!r}; choose from {sorted(EXTRACTORS)}")
+    return name

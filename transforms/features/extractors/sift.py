@@ -9,7 +9,7 @@ import numpy as np
 
 from transforms.features.extractors.base import FeatureArrays, compact_descriptors, no_features, shrink_for_working_side
 
-if TYPE_CHECKING:  # annotations only: the config imports the registry, which imports this
+if TYPE_CHECKING:  # annotations only
     from transforms.features.extractors.config import FeatureConfig
 
 
