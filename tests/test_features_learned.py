@@ -1,4 +1,4 @@
-"""Tests of the learned extractor and matcher (transforms.extractors.learned): ALIKED features and
+"""Tests of the learned extractor and matcher (transforms.features.extractors.learned): ALIKED features and
 LightGlue matching from the installed weight files, offline, on the CPU."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pipeline.cli.main import main
 from pipeline.curation.config import build_config
 from pipeline.demo.data import DemoConfig, _texture, generate_demo, read_truth
 from schemas.records import LocalFeatures
-from transforms.extractors import learned as features_learned
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.registry import EXTRACTORS
-from transforms.verify import VerifyConfig, inlier_matches, verify_pair
+from transforms.features.extractors import learned as features_learned
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.registry import EXTRACTORS
+from transforms.matching.verify import VerifyConfig, inlier_matches, verify_pair
 
 WIDTH, HEIGHT = 480, 320
 

@@ -284,7 +284,7 @@ def make_tiny_delf_main(argv: list[str]) -> int:
     parser.add_argument("dir", help="folder to write the SavedModel to")
     args = parser.parse_args(argv)
     # imported here: TensorFlow takes seconds to import
-    from transforms.extractors.tiny_delf import build_tiny_delf
+    from transforms.features.extractors.tiny_delf import build_tiny_delf
 
     print(build_tiny_delf(args.dir))
     return 0
