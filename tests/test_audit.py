@@ -24,6 +24,7 @@ from transforms.selection.audit import (
     AuditConfig,
     AuditLabels,
     FindAuditCandidates,
+    audit_verify_config,
     cross_class_candidates,
     exact_duplicates,
     near_duplicates,
@@ -191,3 +192,19 @@ def test_audit_transform_finds_every_kind(tmp_path) -> None:
                 ]
             ),
         )
+
+
+def test_the_audit_settles_chance_level_cross_class_pairs_without_lightglue() -> None:
+    audit = AuditConfig()
+    run = VerifyConfig(matcher="cascade", cascade_accept=30, cascade_reject=3)
+    assert audit_verify_config(audit, run) == VerifyConfig(matcher="cascade", cascade_accept=30, cascade_reject=5)
+    # a run's higher floor stands, the floor stays under the accept bound, other matchers are as given
+    higher = VerifyConfig(matcher="cascade", cascade_reject=8)
+    assert audit_verify_config(audit, higher) == higher
+    low_accept = VerifyConfig(matcher="cascade", cascade_accept=4, cascade_reject=1)
+    assert audit_verify_config(audit, low_accept).cascade_reject == 3
+    for matcher in ("nn", "lightglue"):
+        assert audit_verify_config(audit, VerifyConfig(matcher=matcher)) == VerifyConfig(matcher=matcher)
+    assert audit_verify_config(AuditConfig(cascade_reject=-1), run) == run
+    with pytest.raises(ValueError, match="cascade_reject"):
+        AuditConfig(cascade_reject=-2)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import numpy as np
@@ -55,7 +55,10 @@ class AuditConfig:
     module docstring); `phash_bands`/`near_duplicate_bits`/`near_window`: near duplicates
     (pairs within `near_duplicate_bits` < `phash_bands` always share a band; inside a band's
     bucket each image is compared with the next `near_window` images in hash order);
-    `split_component_size`: a component this large counts towards `split_class`."""
+    `split_component_size`: a component this large counts towards `split_class`;
+    `cascade_reject`: under the cascade matcher, the nearest-neighbour inliers at or under which
+    a cross-class candidate is settled as unrelated without LightGlue, when that is above the
+    run's own floor (`audit_verify_config`)."""
 
     enabled: bool = True
     bands: int = 2
@@ -66,6 +69,11 @@ class AuditConfig:
     near_duplicate_bits: int = 6
     near_window: int = 64
     split_component_size: int = 3
+    # Cross-class candidates are unrelated images unless shown otherwise, so the audit spends
+    # LightGlue only above chance level for ALIKED's nearest neighbours (landmarks-dev: 179
+    # non-member pairs at 0-5 inliers); at the run's floor of 3 the audit's LightGlue cost more
+    # than the whole feature stage (`benchmarks/cost_model.py`, `audit` vCPU-hours)
+    cascade_reject: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +87,17 @@ class AuditConfig:
             raise ValueError("near_duplicate_bits must be in [0, 64)")
         if self.split_component_size < 2:
             raise ValueError("split_component_size must be >= 2")
+        if self.cascade_reject < -1:
+            raise ValueError("cascade_reject must be >= -1 (-1: the run's own floor)")
+
+
+def audit_verify_config(config: AuditConfig, verify: VerifyConfig) -> VerifyConfig:
+    """The run's verification settings as the audit matches cross-class candidates with them:
+    a cascade's reject floor raised to `config.cascade_reject` (kept below its accept bound)."""
+    if verify.matcher != "cascade":
+        return verify
+    floor = min(max(verify.cascade_reject, config.cascade_reject), verify.cascade_accept - 1)
+    return replace(verify, cascade_reject=floor)
 
 
 def _ordered(a: Member, b: Member) -> Candidate:
@@ -290,7 +309,7 @@ class FindAuditCandidates(beam.PTransform):
     def __init__(self, config: AuditConfig, verify: VerifyConfig) -> None:
         super().__init__()
         self._config = config
-        self._verify = verify
+        self._verify = audit_verify_config(config, verify)
 
     def expand(self, features: beam.PCollection) -> beam.PCollection:
         cfg = self._config
