@@ -31,6 +31,7 @@ from transforms.features.extractors.registry import EXTRACTORS, check_extractor,
 from transforms.features.global_descriptor import aggregate_local
 from transforms.ingest.decode import stored_pixels
 from transforms.ingest.image_store import StoreConfig, WriteStoreParts, load_image
+from transforms.plumbing.allocator import keep_freed_memory
 from transforms.plumbing.progress import StageTimer
 from transforms.plumbing.routing import route
 from transforms.plumbing.threads import one_blas_thread
@@ -129,8 +130,10 @@ class ExtractorModelHandler(ModelHandler[DecodedImage | ImageRef, Extracted, Ext
 
     def load_model(self) -> Extractor:
         # once per worker process, before its threads extract: one BLAS thread each (the global
-        # descriptor's matmul), see `transforms.plumbing.threads`
+        # descriptor's matmul), see `transforms.plumbing.threads`; freed maps kept for the next
+        # image, see `transforms.plumbing.allocator`
         one_blas_thread()
+        keep_freed_memory()
         return EXTRACTORS[self._config.extractor](self._config)
 
     def run_inference(

@@ -35,6 +35,7 @@ from transforms.features.feature_store import read_features
 from transforms.ingest.image_store import StoreConfig, WriteStoreParts
 from transforms.matching.pairs import Block, BlockKey, RoundPlan, round_blocks
 from transforms.matching.rounds import SKIPPED, ClassGraph, SkipRule
+from transforms.plumbing.allocator import keep_freed_memory
 from transforms.plumbing.metering import meter
 from transforms.plumbing.progress import StageTimer, tick
 from transforms.plumbing.threads import one_blas_thread
@@ -356,6 +357,7 @@ class _VerifyBlockFn(beam.DoFn):
 
     def setup(self) -> None:
         one_blas_thread()  # the descriptor matmuls of parallel bundles: see `transforms.plumbing.threads`
+        keep_freed_memory()  # LightGlue's per-pair tensors: see `transforms.plumbing.allocator`
 
     def _read(self, block: Block) -> dict[str, LocalFeatures]:
         features = read_features(block.refs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,6 +195,22 @@ def _aliked_forward(model: ALIKED, image: torch.Tensor) -> tuple[torch.Tensor, t
     return wh * (keypoints[0] + 1) / 2.0, scores[0], descriptors[0]
 
 
+_BUFFERS = threading.local()
+
+
+def _dense_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor of `shape`, a view of one flat buffer per thread that grows to
+    the largest map it has held. The dense map is ~100 MB at 480 px: allocated afresh, glibc
+    maps it from the kernel and unmaps it on free (above its 32 MB mmap bound), and faulting
+    its pages in again cost a third of the extraction's CPU. The caller overwrites it whole,
+    and nothing refers to it once `_aliked_forward` returns."""
+    size = math.prod(shape)
+    flat = getattr(_BUFFERS, "dense", None)
+    if flat is None or flat.dtype != dtype or flat.numel() < size:
+        flat = _BUFFERS.dense = torch.empty(size, dtype=dtype)
+    return flat[:size].view(shape)
+
+
 def _cpu_dense_map(model: ALIKED, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ALIKED's dense maps of a CPU image [1, 3, H, W]: the feature map [1, dim, H, W],
     L2-normalised per pixel with channels_last strides, and the score map [1, 1, H, W], equal
@@ -217,7 +234,7 @@ def _cpu_dense_map(model: ALIKED, image: torch.Tensor) -> tuple[torch.Tensor, to
     ]
     batch, _, height, width = levels[0].shape
     widths = [level.shape[1] for level in levels]
-    dense = torch.empty((batch, height, width, sum(widths)), dtype=levels[0].dtype).permute(0, 3, 1, 2)
+    dense = _dense_buffer((batch, height, width, sum(widths)), levels[0].dtype).permute(0, 3, 1, 2)
     start = 0
     for level, upsample, channels in zip(
         levels, (None, model.upsample2, model.upsample8, model.upsample32), widths, strict=True
