@@ -20,7 +20,7 @@ from transforms.extractors.config import FeatureConfig
 REPO = Path(__file__).resolve().parent.parent
 
 #: `gld curate` flags that set no stage field: they are CurateConfig's own fields, or act on the run.
-_RUN_FLAGS = {"train_csv", "output", "preset", "matching", "dry_run", "no_progress", "no_audit"}
+_RUN_FLAGS = {"train_csv", "output", "preset", "matching", "dry_run", "no_progress", "no_audit", "json"}
 
 #: A value for each setting's flag that differs from the default preset's.
 _GIVEN = {bool: None, int: "7", float: "0.5", str: "x"}
