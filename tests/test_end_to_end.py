@@ -253,6 +253,7 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     assert main(["curate", *_images_args(curated, base), *exhaustive, *SIFT, *BEAM]) == 0
     shutil.copytree(base, reselected)  # a copied run folder is re-selected where it now is
     rule = ["--policy", "degree", "--min-degree", "2", "--min-inliers", "150"]
+    capsys.readouterr()  # the curate's summary
     assert main(["select", "--output", reselected, *rule, "--no-progress"]) == 0
     printed = capsys.readouterr().out.splitlines()  # the readable summary, then the JSON line
     assert main(["curate", *_images_args(curated, fresh), *rule, *exhaustive, *SIFT, *BEAM]) == 0

@@ -262,7 +262,9 @@ def cli_reference(parsers: dict[str, Callable[[], argparse.ArgumentParser]] | No
         "",
         "`gld curate` and `gld select` end with a readable summary (counts per status and reason, the "
         "accounting, where the outputs are) and then one JSON object on the last line of stdout; `--json` "
-        "prints the JSON alone. Every other command prints one JSON object last.",
+        "prints the JSON alone. The other commands print one JSON object on the last line of stdout, except "
+        "`gld template-metadata` (the template's metadata), `gld make-tiny-delf` (the model's folder) and "
+        "`gld review` while it serves its page.",
         "",
         "| command | what it does |",
         "|---|---|",
@@ -302,8 +304,7 @@ FILES = _rows(
 train_clean.csv: curate, select |  | the clean split in the official format: header `landmark_id,images`; rows
   sorted by landmark_id (numeric), ids sorted and space-separated; classes without a kept image omitted
 decisions.parquet: curate, select | decisions | exactly one row per input line, sorted by id
-pairs.parquet: curate | pairs | one row per candidate pair, matched or skipped; read by `gld select` (about 40 bytes a
-  pair)
+pairs.parquet: curate | pairs | one row per candidate pair, matched or skipped; read by `gld select`
 members.parquet: curate | members | the images that reached selection (they have features); read by selection
 failures.parquet: curate | decisions | the decisions of the rows that failed; read by selection
 audit_candidates.parquet: curate | audit | what the audit found before any threshold: duplicates and every verified
