@@ -33,8 +33,8 @@ from collections import defaultdict
 import pyarrow.parquet as pq
 
 from schemas.tables import pair_from_row
-from transforms.rounds import SKIPPED, SkipRule, unsafe_skips
-from transforms.select import SelectConfig
+from transforms.matching.rounds import SKIPPED, SkipRule, unsafe_skips
+from transforms.selection.select import SelectConfig
 
 DECISION_COLUMNS = (
     "id",

@@ -42,8 +42,8 @@ from PIL import Image
 
 from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, ManifestRow
-from transforms.extractors.config import FeatureConfig
-from transforms.features import ExtractFeatures
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.stage import ExtractFeatures
 
 
 def make_images(folder: str, count: int, width: int, height: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 One class is filed with `--views` generated views of each of `--landmarks` landmarks (a true
 partner shows the same landmark). Features are this project's RootSIFT; the global descriptor
-is the offline aggregation of `transforms.global_descriptor`. For each k, the share of candidate
+is the offline aggregation of `transforms.features.global_descriptor`. For each k, the share of candidate
 pairs that are true partners, for `--pairs knn` and `--pairs random`, and the share of each
 image's true partners that knn proposes. The last line is the JSON.
 
@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.demo.data import _landmark_facade, _render_view
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.sift import SiftExtractor
-from transforms.global_descriptor import aggregate_local
-from transforms.pairs import PairConfig, candidate_pairs
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.sift import SiftExtractor
+from transforms.features.global_descriptor import aggregate_local
+from transforms.matching.pairs import PairConfig, candidate_pairs
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ format of `landmarks-dev`). It normalises `--images` of them as the pipeline doe
 1024 px) and measures, per image, the default SIFT (4000 RootSIFT) and ALIKED (`aliked-n16`,
 640 px) at each `--budgets` keypoint budget; then, on up to `--pairs` same-class pairs, per pair,
 nearest-neighbour matching + RANSAC of SIFT (the default), of ALIKED, and LightGlue + RANSAC of
-ALIKED. Each extractor and matcher is the project's own (`transforms.features`,
-`transforms.verify`); PyTorch runs on one thread, as in a pipeline worker thread.
+ALIKED. Each extractor and matcher is the project's own (`transforms.features.stage`,
+`transforms.matching.verify`); PyTorch runs on one thread, as in a pipeline worker thread.
 
 Prints one JSON line per mode (`ms_per_image` or `ms_per_pair`: the median over items,
 `ratio_to_default`: against SIFT's median, `verified`: pairs with >= 30 inliers) and a last
@@ -29,10 +29,10 @@ from collections import defaultdict
 import numpy as np
 
 from schemas.records import LocalFeatures
-from transforms.decode import DecodeConfig, Normalised, normalise
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.registry import EXTRACTORS
-from transforms.verify import VerifyConfig, verify_pair
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.registry import EXTRACTORS
+from transforms.ingest.decode import DecodeConfig, Normalised, normalise
+from transforms.matching.verify import VerifyConfig, verify_pair
 
 
 def _images(data: str, count: int) -> dict[str, tuple[int, np.ndarray]]:

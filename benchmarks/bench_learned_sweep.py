@@ -11,7 +11,7 @@ extraction with `max_features=K`. Then ALL same-class pairs, in a seeded shuffle
 through every setting in turn (so load changes hit all settings alike): SIFT + nearest
 neighbours (the default `VerifyConfig()`), ALIKED + nearest neighbours, and ALIKED + LightGlue
 at each `--lightglue DEPTH:WIDTH` (`depth_confidence`, `width_confidence`; -1 disables), each
-followed by the project's RANSAC (`transforms.verify`).
+followed by the project's RANSAC (`transforms.matching.verify`).
 
 Writes every image's and pair's measurements to `--out` (JSON lines, appended as they come, so
 a killed run keeps what it measured) and prints, per setting: median CPU ms per image
@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np
 
 from schemas.records import LocalFeatures
-from transforms.decode import DecodeConfig, Normalised, normalise
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.registry import EXTRACTORS, learned_module
-from transforms.threads import one_blas_thread
-from transforms.verify import VerifyConfig, ransac_mask, verify_pair
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.registry import EXTRACTORS, learned_module
+from transforms.ingest.decode import DecodeConfig, Normalised, normalise
+from transforms.matching.verify import VerifyConfig, ransac_mask, verify_pair
+from transforms.plumbing.threads import one_blas_thread
 
 SIFT = "sift-4000"
 

@@ -60,7 +60,7 @@ from typing import Any
 from pipeline.curation.curate import output_paths
 from pipeline.demo.run import TruthScore, score_against_truth
 from schemas.vocabulary import PairReason
-from transforms.store import read_table
+from transforms.plumbing.store import read_table
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder's cost model
 from cost_model import per_item_seconds

@@ -7,8 +7,8 @@ pair two different scenes), time per pair:
 1. reference: DELF's matcher as in its demo code, written here: scipy cKDTree 1-NN with
    distance < 0.8, scikit-image `ransac` with `AffineTransform`, min_samples 3, residual 20 px,
    1000 trials;
-2. ours: `transforms.verify` with the `delf-reference` matching preset (the same recipe);
-3. default: `transforms.verify` with its default settings;
+2. ours: `transforms.matching.verify` with the `delf-reference` matching preset (the same recipe);
+3. default: `transforms.matching.verify` with its default settings;
 4. floor: the bare descriptor matmul of the same pairs (descriptors already normalised).
 
 Each mode is timed `--runs` times; the JSON on the last line holds the medians. A pair is
@@ -55,11 +55,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipeline.curation.config import MATCHING_PRESETS
 from pipeline.demo.data import DemoConfig, generate_demo
 from schemas.records import FetchedImage, LocalFeatures, ManifestRow
-from transforms.decode import DecodeConfig, decode_image
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.sift import SiftExtractor
-from transforms.features import extract_features
-from transforms.verify import VerifyConfig, verify_pair
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.sift import SiftExtractor
+from transforms.features.stage import extract_features
+from transforms.ingest.decode import DecodeConfig, decode_image
+from transforms.matching.verify import VerifyConfig, verify_pair
 
 MIN_INLIERS = 30
 Pair = tuple[LocalFeatures, LocalFeatures, bool]

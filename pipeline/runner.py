@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.worker import data_plane
 
-from transforms import progress
+from transforms.plumbing import progress
 
 Counters = dict[str, dict[str, int]]
 

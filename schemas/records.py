@@ -67,7 +67,7 @@ class DecodedImage:
 
     `jpeg` is the normalised image (longest side at most the configured size), `width` x
     `height` its size; `original_*` and `sha256` describe the fetched bytes. Its pixels are
-    always decoded from `jpeg` (`transforms.decode.stored_pixels`), so features computed from a
+    always decoded from `jpeg` (`transforms.ingest.decode.stored_pixels`), so features computed from a
     fresh download and from the store of an earlier run are the same.
     """
 

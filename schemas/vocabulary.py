@@ -131,7 +131,7 @@ class PairReason(str, Enum):
     DEGENERATE_KEYPOINTS = "degenerate_keypoints"
     NO_MODEL = "no_model"
     #: adaptive verification skipped the pair: its images were already joined, so it could
-    #: change no decision (`transforms.rounds`); never matched, 0 matches and inliers
+    #: change no decision (`transforms.matching.rounds`); never matched, 0 matches and inliers
     ALREADY_JOINED = "already_joined"
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from schemas.tables import IMAGES_SCHEMA
-from transforms.image_store import write_part
+from transforms.ingest.image_store import write_part
 
 
 def class_view(landmark_id: int, view: int, size: int = 64) -> np.ndarray:

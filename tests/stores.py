@@ -6,11 +6,11 @@ import numpy as np
 
 from schemas.records import DecodedImage, FeatureRef, ImageRef, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, IMAGES_SCHEMA, FeatureSummary, image_to_row
-from transforms.audit_signatures import descriptor_mean
-from transforms.features import Extracted, _store_row, _stored_ref
-from transforms.global_descriptor import aggregate_local
-from transforms.image_store import write_part
-from transforms.ingest import image_ref
+from transforms.features.global_descriptor import aggregate_local
+from transforms.features.stage import Extracted, _store_row, _stored_ref
+from transforms.ingest.image_store import write_part
+from transforms.ingest.stage import image_ref
+from transforms.selection.audit_signatures import descriptor_mean
 
 
 def store_images(directory: str, images: list[DecodedImage]) -> list[ImageRef]:

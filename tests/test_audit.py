@@ -16,7 +16,11 @@ from pipeline.demo.data import _texture
 from schemas.records import AuditFinding, DecodedImage, ImageDecision, ManifestRow
 from schemas.vocabulary import Status
 from tests.stores import store_images
-from transforms.audit import (
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.stage import ExtractFeatures
+from transforms.ingest.decode import stored_pixels
+from transforms.matching.verify import VerifyConfig
+from transforms.selection.audit import (
     AuditConfig,
     AuditLabels,
     FindAuditCandidates,
@@ -25,11 +29,7 @@ from transforms.audit import (
     near_duplicates,
     split_class,
 )
-from transforms.audit_signatures import bits_for, hamming, hash_bands, perceptual_hash, simhash_codes
-from transforms.decode import stored_pixels
-from transforms.extractors.config import FeatureConfig
-from transforms.features import ExtractFeatures
-from transforms.verify import VerifyConfig
+from transforms.selection.audit_signatures import bits_for, hamming, hash_bands, perceptual_hash, simhash_codes
 
 
 def _scene(seed: int) -> np.ndarray:

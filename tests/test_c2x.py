@@ -9,7 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from schemas.records import ImageDecision
 from schemas.vocabulary import Status
-from transforms.c2x import ExportRejectedSameClass, rejected_of_clean_class
+from transforms.selection.c2x import ExportRejectedSameClass, rejected_of_clean_class
 
 
 def _decision(image_id: str, landmark_id: int, status: Status, reason: str, stage: str = "select") -> ImageDecision:

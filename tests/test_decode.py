@@ -1,4 +1,4 @@
-"""Tests of stage 3 (transforms/decode.py): decoding and normalising images built in memory."""
+"""Tests of stage 3 (transforms/ingest/decode.py): decoding and normalising images built in memory."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ from PIL import Image, ImageFile, features
 
 from schemas.records import DecodedImage, Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.decode import DecodeConfig, DecodeImages, Normalised, decode_image, normalise, shrink, stored_pixels
+from transforms.ingest.decode import (
+    DecodeConfig,
+    DecodeImages,
+    Normalised,
+    decode_image,
+    normalise,
+    shrink,
+    stored_pixels,
+)
 
 ROW = ManifestRow(line=3, id="0123456789abcdef", url="http://x.test/a.jpg", landmark_id=5)
 RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]

@@ -7,7 +7,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-import transforms.extractors
+import transforms.features.extractors
 from pipeline.cli.main import main
 from pipeline.curation.config import DEFAULT_PRESET, build_config
 from pipeline.demo.run import run_demo
@@ -39,8 +39,8 @@ def test_the_default_keeps_exactly_the_members_of_the_demo(tmp_path) -> None:
 
 
 def test_without_the_learned_extra_the_default_stops_before_any_work(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "transforms.extractors.learned", None)  # as if torch were absent
-    monkeypatch.delattr(transforms.extractors, "learned", raising=False)
+    monkeypatch.setitem(sys.modules, "transforms.features.extractors.learned", None)  # as if torch were absent
+    monkeypatch.delattr(transforms.features.extractors, "learned", raising=False)
     manifest = tmp_path / "train.csv"
     manifest.write_text("id,url,landmark_id\n0123456789abcdef,http://127.0.0.1/x.jpg,1\n")
     out = tmp_path / "out"

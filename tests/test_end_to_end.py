@@ -21,7 +21,7 @@ from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from schemas.vocabulary import PAIR_OUTCOMES
 from tests.flags import SIFT
-from transforms.rounds import SKIPPED
+from transforms.matching.rounds import SKIPPED
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
 

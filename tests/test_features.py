@@ -1,4 +1,4 @@
-"""Tests of stage 4, local feature extraction (transforms.features)."""
+"""Tests of stage 4, local feature extraction (transforms.features.stage)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from pipeline.demo.data import _texture
 from schemas.records import DecodedImage, Failure, LocalFeatures, ManifestRow
 from schemas.tables import FEATURES_SCHEMA, features_from_row, features_to_row
 from schemas.vocabulary import Reason, Stage
-from transforms.decode import stored_pixels
-from transforms.extractors.base import compact_descriptors
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.registry import EXTRACTORS
-from transforms.extractors.sift import SiftExtractor, root_sift
-from transforms.features import ExtractFeatures, ExtractorModelHandler, extract_features
-from transforms.verify import VerifyConfig, putative_matches, verify_pair
+from transforms.features.extractors.base import compact_descriptors
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.registry import EXTRACTORS, check_extractor
+from transforms.features.extractors.sift import SiftExtractor, root_sift
+from transforms.features.stage import ExtractFeatures, ExtractorModelHandler, extract_features
+from transforms.ingest.decode import stored_pixels
+from transforms.matching.verify import VerifyConfig, putative_matches, verify_pair
 
 WIDTH, HEIGHT = 480, 320  # deliberately not square: an x/y swap would leave the bounds
 
@@ -240,8 +240,7 @@ def test_extractor_error_becomes_a_failure() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"extractor": "orb"},
-        {"extractor": "SIFT"},
+        {"extractor": "orb"},  # no default max_features; the name itself is the registry's to check
         {"max_features": 0},
         {"max_features": -5},
         {"contrast_threshold": 0.0},
@@ -259,6 +258,17 @@ def test_extractor_error_becomes_a_failure() -> None:
 def test_feature_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         FeatureConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["orb", "SIFT"])
+def test_unknown_extractors_are_refused_by_the_registry_and_the_stage(name: str) -> None:
+    message = f"unknown extractor '{name}'; choose from \\['aliked', 'delf', 'sift'\\]"
+    with pytest.raises(ValueError, match=message):
+        check_extractor(name)
+    config = FeatureConfig(extractor=name, max_features=100)  # the config does not know the registry
+    with pytest.raises(ValueError, match=message):
+        ExtractFeatures(config)
+    assert check_extractor("sift") == "sift"
 
 
 def test_feature_config_defaults() -> None:

@@ -1,6 +1,6 @@
-"""DELF through a SavedModel with DELF's signature, under RunInference (transforms.extractors.delf).
+"""DELF through a SavedModel with DELF's signature, under RunInference (transforms.features.extractors.delf).
 
-The model is `transforms.extractors.tiny_delf`, built here: same signature, inputs and output names as the
+The model is `transforms.features.extractors.tiny_delf`, built here: same signature, inputs and output names as the
 public DELF module, real (if simple) local features, so matching and RANSAC work on them.
 """
 
@@ -31,12 +31,12 @@ from schemas.vocabulary import Reason, Stage
 from tests.beam_graph import applied_transforms
 from tests.flags import SIFT
 from tests.test_features import _decoded, _undecodable
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.delf import DelfExtractor
-from transforms.extractors.registry import EXTRACTORS
-from transforms.extractors.tiny_delf import build_tiny_delf
-from transforms.features import ExtractFeatures, extract_features
-from transforms.verify import VerifyConfig, verify_pair
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.delf import DelfExtractor
+from transforms.features.extractors.registry import EXTRACTORS
+from transforms.features.extractors.tiny_delf import build_tiny_delf
+from transforms.features.stage import ExtractFeatures, extract_features
+from transforms.matching.verify import VerifyConfig, verify_pair
 
 WIDTH, HEIGHT = 480, 240  # wider than high: a (y, x) / (x, y) mix-up leaves the image
 ACCELERATOR = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
@@ -158,7 +158,7 @@ def test_two_views_verify_with_the_known_offset(delf: DelfExtractor) -> None:
 
 
 def _matched_points(a: LocalFeatures, b: LocalFeatures) -> tuple[np.ndarray, np.ndarray]:
-    from transforms.verify import putative_matches
+    from transforms.matching.verify import putative_matches
 
     idx_a, idx_b = putative_matches(a.descriptors, b.descriptors, VerifyConfig())
     return a.keypoints[idx_a], b.keypoints[idx_b]

@@ -1,4 +1,4 @@
-"""Tests of the learned extractor and matcher (transforms.extractors.learned): ALIKED features and
+"""Tests of the learned extractor and matcher (transforms.features.extractors.learned): ALIKED features and
 LightGlue matching from the installed weight files, offline, on the CPU."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pipeline.cli.main import main
 from pipeline.curation.config import build_config
 from pipeline.demo.data import DemoConfig, _texture, generate_demo, read_truth
 from schemas.records import LocalFeatures
-from transforms.extractors import learned as features_learned
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.registry import EXTRACTORS
-from transforms.verify import VerifyConfig, inlier_matches, verify_pair
+from transforms.features.extractors import learned as features_learned
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.registry import EXTRACTORS
+from transforms.matching.verify import VerifyConfig, inlier_matches, verify_pair
 
 WIDTH, HEIGHT = 480, 320
 
@@ -70,6 +70,22 @@ def test_aliked_finds_strongest_first_within_the_image_and_repeats_exactly(confi
     assert (np.diff(scores) <= 0).all()
     again = EXTRACTORS["aliked"](config)(pixels)
     assert all(np.array_equal(x, y) for x, y in zip((keypoints, descriptors, scales, scores), again, strict=True))
+
+
+@pytest.mark.parametrize("size", [(WIDTH, HEIGHT), (333, 517)])
+def test_the_cpu_dense_map_computes_what_kornia_computes(config: FeatureConfig, size: tuple[int, int]) -> None:
+    # the same keypoints and descriptors as kornia's own forward, up to float rounding, on an
+    # image a multiple of 32 and on one that needs padding
+    model = features_learned._aliked(config.aliked_model, config.aliked_threshold)
+    pixels = _textured(4, *size)
+    image = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
+    with torch.inference_mode():
+        theirs = model(image)[0]
+        keypoints, scores, descriptors = features_learned._aliked_forward(model, image)
+    assert len(keypoints) == len(theirs.keypoints) > 100
+    assert torch.allclose(keypoints, theirs.keypoints, atol=1e-3)
+    assert torch.allclose(scores, theirs.keypoint_scores, atol=1e-5)
+    assert torch.allclose(descriptors, theirs.descriptors, atol=1e-4)
 
 
 def test_working_side_reports_keypoints_in_full_image_pixels(config: FeatureConfig) -> None:

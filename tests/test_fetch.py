@@ -1,4 +1,4 @@
-"""Tests of stage 2 (transforms/fetch.py) against a misbehaving HTTP server on 127.0.0.1.
+"""Tests of stage 2 (transforms/ingest/fetch.py) against a misbehaving HTTP server on 127.0.0.1.
 
 Nothing here contacts any other address: the private-address guard is exercised with stub
 resolvers, and the "public" case only through `check_url`.
@@ -31,8 +31,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import Failure, FetchedImage, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.decode import DecodeConfig, decode_image
-from transforms.fetch import (
+from transforms.ingest.decode import DecodeConfig, decode_image
+from transforms.ingest.fetch import (
     USER_AGENT,
     FetchConfig,
     FetchImages,

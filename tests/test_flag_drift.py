@@ -16,7 +16,7 @@ from pipeline.cli.main import _curate_parser, curate_flags, overrides_from
 from pipeline.cli.settings import BY_DEST, SETTINGS, help_text
 from pipeline.cli.template import template_metadata_text
 from pipeline.curation.config import build_config
-from transforms.extractors.config import FeatureConfig
+from transforms.features.extractors.config import FeatureConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests of the global descriptors that rank knn partners (transforms.global_descriptor)."""
+"""Tests of the global descriptors that rank knn partners (transforms.features.global_descriptor)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.demo.data import _landmark_facade, _render_view
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from tests.stores import plan_items, store_features, store_images
-from transforms.decode import stored_pixels
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.sift import SiftExtractor
-from transforms.global_descriptor import (
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.sift import SiftExtractor
+from transforms.features.global_descriptor import (
     LOCAL_BITS,
     SavedModelEmbedder,
     aggregate_local,
     copy_to_local,
     nearest_neighbours,
 )
-from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, plan_class
+from transforms.ingest.decode import stored_pixels
+from transforms.matching.pairs import GeneratePairs, PairConfig, candidate_pairs, plan_class
 
 # --- aggregate_local ----------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The package's import graph: no cycle, and every import points down the declared layers.
 
 Every `.py` under `pipeline/`, `transforms/` and `schemas/` is parsed (not imported); every
-`import` statement counts, those inside functions included, so a lazy import cannot hide a cycle
-or an upward dependency. Imports under `if TYPE_CHECKING:` (annotations only) do not count.
+`import` statement counts, those inside functions and under `if TYPE_CHECKING:` included, so
+neither a lazy import nor an annotation-only one can hide a cycle or an upward dependency (the
+extractor config and registry once formed a loop that only a `TYPE_CHECKING` import closed).
 """
 
 from __future__ import annotations
@@ -15,17 +16,30 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("schemas", "transforms", "pipeline")
 
 #: Lowest first. A module belongs to the longest prefix that names it; it may import modules of
-#: its own unit and of lower layers only.
+#: its own unit and of lower layers only, not a sibling unit of its own layer (outside `SEAMS`).
+#: The order of the transforms stages is the one their imports have (`transforms/__init__.py`):
+#: the plumbing and the extractors import no stage; ingest the plumbing; features read the image
+#: store and decode; matching reads the features store and the extractors' registry and writes
+#: through the image store's parts; selection (the audit) and overlap verify with matching's
+#: `verify_pair` and read the features store, and neither imports the other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("schemas",),
-    ("transforms",),
+    ("transforms.plumbing", "transforms.features.extractors"),
+    ("transforms.ingest",),
+    ("transforms.features",),
+    ("transforms.matching",),
+    ("transforms.selection", "transforms.overlap"),
     ("pipeline.runner",),
     ("pipeline.curation", "pipeline.baselines", "pipeline.report", "pipeline.demo", "pipeline.review"),
     ("pipeline.cli",),
 )
 
-#: The documented seams between sibling units (see each subpackage's docstring): importer -> imported.
+#: The documented seams between units (see each subpackage's docstring): importer -> imported.
 SEAMS = {
+    # the feature step computes the audit's perceptual hash and mean descriptor on its pixels
+    ("transforms.features.stage", "transforms.selection.audit_signatures"),
+    # adaptive verification reads the selection rule: which pairs can change no decision
+    ("transforms.matching.rounds", "transforms.selection.select"),
     ("pipeline.curation.curate", "pipeline.report.page"),  # report.html at the end of a curation
     ("pipeline.curation.overlap", "pipeline.report.page"),  # report.html after gld overlap
     ("pipeline.demo.run", "pipeline.curation.config"),  # gld demo runs a curation
@@ -69,6 +83,7 @@ def _imported(node: ast.AST, module: str, is_package: bool, modules: set[str]) -
 
 
 def _is_type_checking(node: ast.AST) -> bool:
+    """An `if TYPE_CHECKING:` (or `if typing.TYPE_CHECKING:`) block."""
     test = node.test if isinstance(node, ast.If) else None
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
@@ -76,7 +91,8 @@ def _is_type_checking(node: ast.AST) -> bool:
 
 
 def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of `tree` but those under `if TYPE_CHECKING:` (annotations only, never run)."""
+    """Every node of `tree` but those under `if TYPE_CHECKING:` (annotations only, never run):
+    what a module loads when it runs (`_third_party`)."""
     nodes, todo = [], [tree]
     while todo:
         node = todo.pop()
@@ -88,15 +104,16 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (anywhere in its body)."""
+def import_graph(type_checking: bool = True) -> dict[str, set[str]]:
+    """module -> the project modules it imports: anywhere in its body, inside functions and, unless
+    `type_checking` is False, under `if TYPE_CHECKING:`."""
     modules = _modules()
     graph = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
         edges = set()
-        for node in _runtime_nodes(tree):
+        for node in ast.walk(tree) if type_checking else _runtime_nodes(tree):
             edges |= _imported(node, name, is_package, set(modules))
         graph[name] = edges - {name}
     return graph
@@ -167,8 +184,17 @@ def test_graph_sees_function_level_imports():
     assert "pipeline.runner" in graph["pipeline.curation.curate"]
 
 
+def test_graph_sees_type_checking_imports():
+    extractors = "transforms.features.extractors"
+    graph, runtime = import_graph(), import_graph(type_checking=False)
+    assert f"{extractors}.delf" in graph[f"{extractors}.registry"]  # inside a function
+    assert f"{extractors}.config" in graph[f"{extractors}.sift"]  # annotations only
+    assert f"{extractors}.config" not in runtime[f"{extractors}.sift"]
+
+
 def test_every_module_has_a_layer():
-    assert [m for m in import_graph() if _unit(m) is None] == ["pipeline"]
+    """Only the two top packages have none: `transforms/` holds no module outside a stage."""
+    assert sorted(m for m in import_graph() if _unit(m) is None) == ["pipeline", "transforms"]
 
 
 def test_no_import_cycle():
@@ -184,18 +210,48 @@ def test_every_seam_is_used():
     assert [seam for seam in sorted(SEAMS) if seam[1] not in graph.get(seam[0], set())] == []
 
 
-def test_lazy_imports_count_and_type_checking_imports_do_not():
+def test_the_extractor_config_imports_no_extractor():
+    """The config holds the extractors' defaults and the registry checks names
+    (`check_extractor`). Were the config to import the registry again (which imports the
+    extractors, which name the config in their annotations), the cycle check would fail."""
+    extractors = "transforms.features.extractors"
     graph = import_graph()
-    assert "transforms.extractors.delf" in graph["transforms.extractors.registry"]  # inside a function
-    assert "transforms.extractors.config" not in graph["transforms.extractors.sift"]  # annotations only
+    assert {m for m in graph[f"{extractors}.config"] if m.startswith("transforms")} == set()
+    graph[f"{extractors}.config"].add(f"{extractors}.registry")
+    loop = ["config", "delf", "learned", "registry", "sift"]  # every extractor the registry imports
+    assert find_cycles(graph) == [[f"{extractors}.{name}" for name in loop]]
 
 
 def test_checks_catch_a_cycle_and_an_upward_import():
-    graph = {"transforms.a": {"transforms.b"}, "transforms.b": {"transforms.a", "pipeline.runner"}}
-    assert find_cycles(graph) == [["transforms.a", "transforms.b"]]
-    assert upward_imports(graph) == ["transforms.b -> pipeline.runner"]
+    graph = {
+        "transforms.matching.a": {"transforms.matching.b"},
+        "transforms.matching.b": {"transforms.matching.a", "pipeline.runner"},
+    }
+    assert find_cycles(graph) == [["transforms.matching.a", "transforms.matching.b"]]
+    assert upward_imports(graph) == ["transforms.matching.b -> pipeline.runner"]
     assert upward_imports({"pipeline.report.page": {"pipeline.curation.config"}}) == [
         "pipeline.report.page -> pipeline.curation.config"
+    ]
+
+
+def test_checks_catch_imports_across_the_transforms_stages():
+    graph = {
+        "transforms.plumbing.store": {"transforms.ingest.image_store", "transforms.features.extractors.base"},
+        "transforms.features.extractors.sift": {"transforms.plumbing.threads", "transforms.features.stage"},
+        "transforms.ingest.decode": {"transforms.plumbing.routing", "transforms.features.global_descriptor"},
+        "transforms.matching.verify": {"transforms.ingest.image_store", "transforms.selection.audit"},
+        "transforms.selection.audit": {"transforms.overlap.stage", "transforms.matching.verify"},
+        "transforms.overlap.stage": {"transforms.selection.select", "transforms.features.feature_store"},
+    }
+    assert upward_imports(graph) == [
+        "transforms.features.extractors.sift -> transforms.features.stage",
+        "transforms.features.extractors.sift -> transforms.plumbing.threads",
+        "transforms.ingest.decode -> transforms.features.global_descriptor",
+        "transforms.matching.verify -> transforms.selection.audit",
+        "transforms.overlap.stage -> transforms.selection.select",
+        "transforms.plumbing.store -> transforms.features.extractors.base",
+        "transforms.plumbing.store -> transforms.ingest.image_store",
+        "transforms.selection.audit -> transforms.overlap.stage",
     ]
 
 

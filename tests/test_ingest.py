@@ -1,4 +1,5 @@
-"""Tests of the resumable ingest (transforms/ingest.py, transforms/image_store.py, pipeline/curation/ingest.py)."""
+"""Tests of the resumable ingest (transforms/ingest/stage.py, transforms/ingest/image_store.py,
+pipeline/curation/ingest.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pipeline.demo.serve import serve_folder
 from schemas.records import Failure, ImageRef, ManifestRow
 from schemas.vocabulary import Reason, Stage
 from tests.flags import SIFT
-from transforms.image_store import (
+from transforms.ingest.image_store import (
     StoreConfig,
     attempt_dirs,
     check_fingerprint,
@@ -30,7 +31,7 @@ from transforms.image_store import (
     part_files,
     readable_rows,
 )
-from transforms.ingest import duplicate_groups, resume
+from transforms.ingest.stage import duplicate_groups, resume
 
 REPO = Path(__file__).resolve().parents[1]
 BEAM = ["--direct_num_workers=2", "--no-progress"]

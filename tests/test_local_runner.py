@@ -236,6 +236,6 @@ def test_progress_line_only_where_the_dofns_run_here(args: list[str], wanted: bo
 
 def test_a_worker_process_prints_no_progress_line() -> None:
     # a remote worker imports the module afresh and never runs `run_pipeline`
-    code = "from transforms.progress import tick; tick('features', 'ok'); tick('features', 'ok')"
+    code = "from transforms.plumbing.progress import tick; tick('features', 'ok'); tick('features', 'ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "[gld] progress" not in done.stderr

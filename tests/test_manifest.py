@@ -1,4 +1,4 @@
-"""Tests of stage 1 (transforms/manifest.py): reading a GLDv2 train.csv into rows and failures."""
+"""Tests of stage 1 (transforms/ingest/manifest.py): reading a GLDv2 train.csv into rows and failures."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import Failure, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.manifest import ManifestConfig, ReadManifest, iter_lines, parse_line, read_header, resolve_duplicates
+from transforms.ingest.manifest import (
+    ManifestConfig,
+    ReadManifest,
+    iter_lines,
+    parse_line,
+    read_header,
+    resolve_duplicates,
+)
 
 COLUMNS = ("id", "url", "landmark_id")
 RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]

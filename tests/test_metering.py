@@ -1,4 +1,4 @@
-"""Every grouping step of `gld curate` goes through the shuffle meter (transforms/metering.py), so
+"""Every grouping step of `gld curate` goes through the shuffle meter (transforms/plumbing/metering.py), so
 `run.json` `shuffle.bytes_per_image` and the cost model count all that a runner shuffles."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pipeline.curation.curate import build_curation, build_selection
 from pipeline.curation.preflight import Preflight
 from schemas.gldv2_csv import TRAIN_COLUMNS
 from tests.beam_graph import applied_transforms
-from transforms.ingest import StoreListing
+from transforms.ingest.stage import StoreListing
 
 #: Combines whose accumulator is a few numbers: a runner combines before the shuffle, so what
 #: crosses it is one accumulator per bundle, not the elements (counting those would overstate).

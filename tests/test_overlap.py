@@ -26,7 +26,7 @@ from schemas.gldv2_csv import format_train_clean, parse_train_clean
 from schemas.records import FeatureRef, ImageDecision, ManifestRow
 from schemas.vocabulary import Status
 from tests.flags import SIFT
-from transforms.overlap import OverlapConfig, best_neighbours, block_of, chunk_partners, cross_neighbours
+from transforms.overlap.stage import OverlapConfig, best_neighbours, block_of, chunk_partners, cross_neighbours
 
 BEAM = ["--direct_num_workers=2", "--no-progress"]
 SEED = 5

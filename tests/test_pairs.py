@@ -1,4 +1,4 @@
-"""Tests of stage 5, candidate pairs and their work blocks (transforms.pairs)."""
+"""Tests of stage 5, candidate pairs and their work blocks (transforms.matching.pairs)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import LocalFeatures
 from tests.stores import plan_items, store_features
-from transforms.global_descriptor import aggregate_local
-from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs, plan_class
+from transforms.features.global_descriptor import aggregate_local
+from transforms.matching.pairs import GeneratePairs, PairConfig, candidate_pairs, plan_class
 
 
 def _beam_options() -> PipelineOptions:

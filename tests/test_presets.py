@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
-from pipeline.cli.main import _curate_parser, overrides_from
-from pipeline.curation.config import build_config
+import dataclasses
+
+import pytest
+
+from pipeline.cli.main import _curate_parser, main, overrides_from
+from pipeline.curation.config import CurateConfig, build_config
+from transforms.features.extractors.config import FeatureConfig
 
 
 def _config(*flags: str):
@@ -75,3 +80,30 @@ def test_isolated_rule_flags() -> None:
     )
     # an on-switch left out leaves the preset's value (False is only an override when given)
     assert not _config("--policy", "components").select.largest_component_only
+
+
+@pytest.mark.parametrize("name", ["orb", "SIFT"])
+def test_an_unknown_extractor_is_refused_wherever_a_config_is_resolved(name: str) -> None:
+    """`FeatureConfig` does not import the registry: presets and overrides, a run.json's config
+    and a config built in code are checked against it (`check_extractor`) all the same."""
+    message = f"unknown extractor '{name}'; choose from \\['aliked', 'delf', 'sift'\\]"
+    with pytest.raises(ValueError, match=message):
+        build_config("t.csv", "o", overrides={"features": {"extractor": name}})
+    with pytest.raises(ValueError, match=message):
+        build_config("t.csv", "o", overrides={"features": {"extractor": name, "max_features": 100}})
+    with pytest.raises(ValueError, match=message):
+        CurateConfig.from_json({"train_csv": "t.csv", "output": "o", "features": {"extractor": name}})
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(_config(), features=FeatureConfig(extractor=name, max_features=100))
+
+
+def test_a_bad_extractor_flag_stops_gld_curate_with_one_line_and_exit_2(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["curate", "--train-csv", "t.csv", "--output", str(tmp_path / "out"), "--extractor", "orb"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gld curate: error: argument --extractor: invalid choice: 'orb' (choose from ")
+    assert all(name in err[-1] for name in ("aliked", "delf", "sift"))
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""reviews.csv (schemas/reviews.py) and its verdicts applied after the rules (transforms/apply_reviews.py)."""
+"""reviews.csv (schemas/reviews.py) and its verdicts applied after the rules (transforms/selection/apply_reviews.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pipeline.runner import run_pipeline
 from schemas.records import ImageDecision
 from schemas.reviews import HEADER_LINE, Review, format_review, parse_review, read_reviews
 from schemas.vocabulary import Reason, ReviewIssue, Stage, Status, Verdict
-from transforms.apply_reviews import ApplyReviews, apply_review, changed
+from transforms.selection.apply_reviews import ApplyReviews, apply_review, changed
 
 
 def _decision(image_id: str, status: Status = Status.KEPT, reason: str = "verified_component", landmark=7):

@@ -1,5 +1,5 @@
-"""Adaptive verification (`transforms.rounds`, the round plan of `transforms.pairs`, the block
-loop of `transforms.verify`) against exhaustive verification: same decisions, fewer pairs."""
+"""Adaptive verification (`transforms.matching.rounds`, the round plan of `transforms.matching.pairs`, the block
+loop of `transforms.matching.verify`) against exhaustive verification: same decisions, fewer pairs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.records import FeatureRef, PairResult
-from transforms.pairs import Block, PairConfig, RoundPlan, plan_class, round_blocks
-from transforms.rounds import SKIPPED, ClassGraph, SkipRule, pair_ranks, round_count, round_of, unsafe_skips
-from transforms.select import SelectConfig, select_class
-from transforms.verify import REUSED, decide_block
+from transforms.matching.pairs import Block, PairConfig, RoundPlan, plan_class, round_blocks
+from transforms.matching.rounds import SKIPPED, ClassGraph, SkipRule, pair_ranks, round_count, round_of, unsafe_skips
+from transforms.matching.verify import REUSED, decide_block
+from transforms.selection.select import SelectConfig, select_class
 
 LANDMARK = 7
 

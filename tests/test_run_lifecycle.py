@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import transforms.verify
+import transforms.matching.verify
 from pipeline.cli.main import main
 from pipeline.demo.data import DemoConfig, generate_demo
 from schemas.vocabulary import PAIR_OUTCOMES
@@ -75,7 +75,7 @@ def test_killed_in_verification_then_resumed_reverifies_at_most_70_percent(
     assert (out / "run.json").exists() and (out / "report.html").exists()
 
     half, calls, lock = data["pairs"] // 2, [0], threading.Lock()
-    verify = transforms.verify.verify_result
+    verify = transforms.matching.verify.verify_result
 
     def killed_half_way(*args: object) -> object:
         with lock:
@@ -84,7 +84,7 @@ def test_killed_in_verification_then_resumed_reverifies_at_most_70_percent(
                 raise RuntimeError("killed half-way through verification")
         return verify(*args)
 
-    monkeypatch.setattr(transforms.verify, "verify_result", killed_half_way)
+    monkeypatch.setattr(transforms.matching.verify, "verify_result", killed_half_way)
     with pytest.raises(Exception, match="killed half-way"):
         main([*_curate_args(data, out), "--store-part-rows", "8", *BEAM])
     monkeypatch.undo()

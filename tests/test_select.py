@@ -1,4 +1,4 @@
-"""Tests of stage 7, selection of the clean images of a class (transforms.select)."""
+"""Tests of stage 7, selection of the clean images of a class (transforms.selection.select)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import ImageDecision, PairResult
 from schemas.vocabulary import Status
-from transforms.select import POLICIES, SelectClean, SelectConfig, select_class
+from transforms.selection.select import POLICIES, SelectClean, SelectConfig, select_class
 
 LID = 21
 

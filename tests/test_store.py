@@ -1,4 +1,4 @@
-"""Tests of the deterministic writers (transforms.store)."""
+"""Tests of the deterministic writers (transforms.plumbing.store)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from schemas.records import ImageDecision
 from schemas.tables import DECISIONS_SCHEMA, PAIRS_SCHEMA, record_to_row
 from schemas.vocabulary import Status
-from transforms.store import (
+from transforms.plumbing.store import (
     ParquetSpec,
     WriteSortedParquet,
     WriteTrainClean,

@@ -1,4 +1,4 @@
-"""Tests of the tar shard source (transforms/tar_shards.py) on crafted archives."""
+"""Tests of the tar shard source (transforms/ingest/tar_shards.py) on crafted archives."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.records import Failure, ImageRef, ManifestRow
 from schemas.vocabulary import Reason, Stage
-from transforms.tar_shards import (
+from transforms.ingest.tar_shards import (
     MatchCopies,
     ReadShards,
     ShardReport,

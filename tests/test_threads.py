@@ -1,4 +1,4 @@
-"""Tests of transforms.threads: numpy's OpenBLAS limited to one thread at run time."""
+"""Tests of transforms.plumbing.threads: numpy's OpenBLAS limited to one thread at run time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ctypes
 
 import numpy as np
 
-from transforms.threads import _SETTERS, _loaded_openblas, one_blas_thread
+from transforms.plumbing.threads import _SETTERS, _loaded_openblas, one_blas_thread
 
 
 def _threads(path: str) -> int:

@@ -1,4 +1,4 @@
-"""Tests of stage 6, geometric verification (transforms.verify)."""
+"""Tests of stage 6, geometric verification (transforms.matching.verify)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.demo.data import _texture
 from schemas.records import LocalFeatures, PairResult
 from tests.stores import store_features
-from transforms import verify
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.sift import SiftExtractor
-from transforms.pairs import GeneratePairs, PairConfig, candidate_pairs
-from transforms.verify import VerifyConfig, VerifyPairs, putative_matches, verify_pair, verify_result
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.sift import SiftExtractor
+from transforms.matching import verify
+from transforms.matching.pairs import GeneratePairs, PairConfig, candidate_pairs
+from transforms.matching.verify import VerifyConfig, VerifyPairs, putative_matches, verify_pair, verify_result
 
 WIDTH, HEIGHT = 640, 480
 

@@ -24,7 +24,7 @@ from pipeline.baselines.tfrecords import TRAIN, VALIDATION, ExportConfig, run_ex
 from pipeline.baselines.train import TrainConfig, run_training
 from schemas.gldv2_csv import parse_train_clean
 from schemas.tables import IMAGES_SCHEMA
-from transforms.image_store import part_files, read_rows, write_part
+from transforms.ingest.image_store import part_files, read_rows, write_part
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ of each list by spatial verification, and write the predictions in the official 
   the nearest index image (the index is then a labelled set, e.g. the training images).
 
 Re-ranking (`rerank`): the first `rerank_top` (100) index images of a query are re-ordered by
-the inlier count of SIFT matching + affine RANSAC (transforms/verify.py, the curation verifier),
+the inlier count of SIFT matching + affine RANSAC (transforms/matching/verify.py, the curation verifier),
 ties keeping the embedding order; the rest of the list is unchanged.
 
 kNN is a blockwise matmul over the index (`index_block` rows at a time), so the similarity
@@ -31,13 +31,13 @@ from pipeline.baselines.train import BATCH_SIGNATURE, OUTPUT_NAME
 from pipeline.runner import run_pipeline, write_json
 from schemas.records import DecodedImage, LocalFeatures, ManifestRow
 from schemas.tables import image_from_row
-from transforms.decode import stored_pixels
-from transforms.extractors.config import FeatureConfig
-from transforms.extractors.sift import SiftExtractor
-from transforms.features import extract_features
-from transforms.image_store import part_files, read_rows
-from transforms.progress import tick
-from transforms.verify import VerifyConfig, verify_pair
+from transforms.features.extractors.config import FeatureConfig
+from transforms.features.extractors.sift import SiftExtractor
+from transforms.features.stage import extract_features
+from transforms.ingest.decode import stored_pixels
+from transforms.ingest.image_store import part_files, read_rows
+from transforms.matching.verify import VerifyConfig, verify_pair
+from transforms.plumbing.progress import tick
 
 STAGE = "evaluate"
 PREDICTION_FILES = {RETRIEVAL: "retrieval_predictions.csv", RECOGNITION: "recognition_predictions.csv"}

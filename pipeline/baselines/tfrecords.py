@@ -28,8 +28,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.runner import run_pipeline, write_json
 from schemas.gldv2_csv import parse_train_clean
-from transforms.image_store import part_files, read_rows
-from transforms.progress import tick
+from transforms.ingest.image_store import part_files, read_rows
+from transforms.plumbing.progress import tick
 
 STAGE = "export"
 TRAIN, VALIDATION = "train", "validation"

@@ -301,7 +301,7 @@ def _make_tiny_delf_parser() -> argparse.ArgumentParser:
 def make_tiny_delf_main(argv: list[str]) -> int:
     args = _make_tiny_delf_parser().parse_args(argv)
     # imported here: TensorFlow takes seconds to import
-    from transforms.extractors.tiny_delf import build_tiny_delf
+    from transforms.features.extractors.tiny_delf import build_tiny_delf
 
     print(build_tiny_delf(args.dir))
     return 0

@@ -27,11 +27,11 @@ from pipeline.curation.config import (
     CurateConfig,
     build_config,
 )
-from transforms.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, DESCRIPTOR_DTYPE_NAMES
-from transforms.extractors.registry import EXTRACTORS
-from transforms.pairs import MODES, VERIFICATIONS
-from transforms.select import POLICIES
-from transforms.verify import MATCHERS, MIN_MATCHES
+from transforms.features.extractors.config import DEFAULT_MAX_FEATURES, DEFAULT_WORKING_SIDE, DESCRIPTOR_DTYPE_NAMES
+from transforms.features.extractors.registry import EXTRACTORS
+from transforms.matching.pairs import MODES, VERIFICATIONS
+from transforms.matching.verify import MATCHERS, MIN_MATCHES
+from transforms.selection.select import POLICIES
 
 INGEST, FEATURES, PAIRS, SELECTION = "ingest", "features", "pairs and verification", "selection"
 

@@ -46,18 +46,18 @@ from schemas.tables import (
     record_to_row,
 )
 from schemas.vocabulary import Status
-from transforms.apply_reviews import ApplyReviews
-from transforms.audit import AuditLabels, FindAuditCandidates
-from transforms.c2x import ExportRejectedSameClass
-from transforms.feature_store import ReuseStoredFeatures, features_folder
-from transforms.features import ExtractFeatures
-from transforms.image_store import ReadStore, settings_key
-from transforms.manifest import ManifestConfig, ReadManifest
-from transforms.pairs import GeneratePairs
-from transforms.rounds import SkipRule
-from transforms.select import SelectClean
-from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table
-from transforms.verify import VerifyPairs
+from transforms.features.feature_store import ReuseStoredFeatures, features_folder
+from transforms.features.stage import ExtractFeatures
+from transforms.ingest.image_store import ReadStore, settings_key
+from transforms.ingest.manifest import ManifestConfig, ReadManifest
+from transforms.matching.pairs import GeneratePairs
+from transforms.matching.rounds import SkipRule
+from transforms.matching.verify import VerifyPairs
+from transforms.plumbing.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table
+from transforms.selection.apply_reviews import ApplyReviews
+from transforms.selection.audit import AuditLabels, FindAuditCandidates
+from transforms.selection.c2x import ExportRejectedSameClass
+from transforms.selection.select import SelectClean
 
 VERIFIED_COLUMNS = VERIFIED_SCHEMA.names
 

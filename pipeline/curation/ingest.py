@@ -21,10 +21,10 @@ from pipeline.runner import (
     write_json,
 )
 from schemas.tables import DUPLICATES_SCHEMA
-from transforms.ingest import Ingest, StoreListing
-from transforms.manifest import ManifestConfig, ReadManifest
-from transforms.metering import meter
-from transforms.store import ParquetSpec, WriteSortedParquet, read_table
+from transforms.ingest.manifest import ManifestConfig, ReadManifest
+from transforms.ingest.stage import Ingest, StoreListing
+from transforms.plumbing.metering import meter
+from transforms.plumbing.store import ParquetSpec, WriteSortedParquet, read_table
 
 
 def ingest_paths(root: str) -> dict[str, str]:

@@ -44,16 +44,23 @@ from schemas.overlap import (
 from schemas.records import Failure, FeatureRef, ImageDecision, ImageRef, ManifestRow
 from schemas.tables import decision_from_row, ingest_failure_from_row, record_to_row
 from schemas.vocabulary import EvalStatus, Reason, Stage, Status
-from transforms.c2x import ExportRejectedSameClass
-from transforms.feature_store import ReuseStoredFeatures
-from transforms.features import ExtractFeatures, check_model
-from transforms.fetch import FetchConfig
-from transforms.image_store import FINGERPRINT, IMAGES_DIR, ReadStore, attempt_dirs, part_files
-from transforms.ingest import INDEX_COLUMNS, Ingest, IngestConfig, StoreListing, list_store, read_logged
-from transforms.manifest import ManifestConfig, ReadManifest
-from transforms.overlap import FindOverlap, OverlapConfig
-from transforms.progress import tick
-from transforms.store import ParquetSpec, ReadTable, WriteSortedParquet, WriteTrainClean, read_table, remove_table
+from transforms.features.feature_store import ReuseStoredFeatures
+from transforms.features.stage import ExtractFeatures, check_model
+from transforms.ingest.fetch import FetchConfig
+from transforms.ingest.image_store import FINGERPRINT, IMAGES_DIR, ReadStore, attempt_dirs, part_files
+from transforms.ingest.manifest import ManifestConfig, ReadManifest
+from transforms.ingest.stage import INDEX_COLUMNS, Ingest, IngestConfig, StoreListing, list_store, read_logged
+from transforms.overlap.stage import FindOverlap, OverlapConfig
+from transforms.plumbing.progress import tick
+from transforms.plumbing.store import (
+    ParquetSpec,
+    ReadTable,
+    WriteSortedParquet,
+    WriteTrainClean,
+    read_table,
+    remove_table,
+)
+from transforms.selection.c2x import ExportRejectedSameClass
 
 STAGE = "overlap"
 EXCLUDE_MODES = ("", "classes", "images")

@@ -17,10 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.curation.config import CurateConfig
 from schemas.gldv2_csv import TRAIN_COLUMNS
-from transforms.extractors.registry import learned_module
-from transforms.features import check_model
-from transforms.ingest import IngestConfig, StoreListing, list_store
-from transforms.manifest import read_header
+from transforms.features.extractors.registry import learned_module
+from transforms.features.stage import check_model
+from transforms.ingest.manifest import read_header
+from transforms.ingest.stage import IngestConfig, StoreListing, list_store
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from pipeline.curation.run_folder import begin_run, locked, rerun_base
 from pipeline.runner import Counters, run_pipeline, worker_cores
 from schemas.tables import pair_from_row
 from schemas.vocabulary import AUDIT_KINDS, Stage
-from transforms.rounds import UNSAFE_SKIPS, FindUnsafeSkips, SkipRule
-from transforms.select import SelectConfig
-from transforms.store import ReadTable
+from transforms.matching.rounds import UNSAFE_SKIPS, FindUnsafeSkips, SkipRule
+from transforms.plumbing.store import ReadTable
+from transforms.selection.select import SelectConfig
 
 #: What the selection job reads (written by the first job of `gld curate`).
 SELECTION_INPUTS = ("members", "failures", "pairs", "audit_candidates")

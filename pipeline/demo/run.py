@@ -15,7 +15,7 @@ from pipeline.demo.data import DemoConfig, generate_demo, read_truth
 from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import parse_train_clean
 from schemas.vocabulary import Status
-from transforms.store import read_table
+from transforms.plumbing.store import read_table
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.vocabulary import Status
-from transforms.image_store import part_files
+from transforms.ingest.image_store import part_files
 
 
 @dataclass

@@ -9,7 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.report.data import ExamplePair
 from pipeline.report.images import draw_matches
-from transforms.verify import VerifyConfig, inlier_matches
+from transforms.matching.verify import VerifyConfig, inlier_matches
 
 FILES_DIR = "report_files"
 

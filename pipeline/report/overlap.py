@@ -18,8 +18,8 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.report.data import ExamplePair, rows_with_ids
 from pipeline.report.html import pair_figure, table
 from schemas.tables import features_from_row
-from transforms.store import read_table
-from transforms.verify import VerifyConfig
+from transforms.matching.verify import VerifyConfig
+from transforms.plumbing.store import read_table
 
 #: The folder under a run's output that `gld overlap` writes its results to, one folder per set.
 OVERLAP_DIR = "overlap"

@@ -32,8 +32,8 @@ from pipeline.review.queues import DEFAULT_PORT, Queue, item_url, load_queues
 from schemas.reviews import REVIEWS_NAME, read_reviews
 from schemas.tables import features_from_row
 from schemas.vocabulary import AUDIT_KINDS, AuditKind, Status
-from transforms.store import read_table, stream_batches
-from transforms.verify import VerifyConfig
+from transforms.matching.verify import VerifyConfig
+from transforms.plumbing.store import read_table, stream_batches
 
 REPORT_NAME = "report.html"
 _STATUS_COLOURS = {Status.KEPT.value: "#59a14f", Status.REMOVED.value: "#f28e2b", Status.FAILED.value: "#e15759"}

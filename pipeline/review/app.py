@@ -28,7 +28,7 @@ from pipeline.review.queues import DEFAULT_PORT, LOOPBACK, QUEUE_LIMIT, Queue, l
 from pipeline.review.verdicts import VerdictStore
 from schemas.reviews import REVIEWS_NAME, Review
 from schemas.vocabulary import Verdict
-from transforms.verify import VerifyConfig
+from transforms.matching.verify import VerifyConfig
 
 STATIC = Path(__file__).with_name("static")
 

@@ -20,8 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.review.pictures import Pictures
 from schemas.reviews import HEADER_LINE, REVIEWS_NAME, format_review, read_reviews
-from transforms.store import read_table
-from transforms.verify import VerifyConfig
+from transforms.matching.verify import VerifyConfig
+from transforms.plumbing.store import read_table
 
 VERDICT_COLUMNS = ("id", "verdict", "landmark_id", "note", "rule_landmark_id", "rule_status", "rule_reason", "image")
 

@@ -16,8 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.report.images import draw_matches, thumbnail
 from schemas.tables import features_from_row
-from transforms.image_store import part_files, read_at
-from transforms.verify import VerifyConfig, inlier_matches
+from transforms.ingest.image_store import part_files, read_at
+from transforms.matching.verify import VerifyConfig, inlier_matches
 
 THUMB_SIDE = 480
 _FEATURE_COLUMNS = ["id", "landmark_id", "line", "width", "height", "keypoints", "descriptors", "scales", "scores"]

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.vocabulary import AuditKind, Reason, Status
-from transforms.store import read_table
+from transforms.plumbing.store import read_table
 
 QUEUE_LIMIT = 2000
 #: Where `gld review` listens unless told otherwise (loopback only); the report links there.
