@@ -38,6 +38,9 @@ def per_item_seconds(run: dict) -> dict[str, float]:
     return {
         "decode_s_per_image": seconds["decode"] / counters["decode"]["ok"],
         "features_s_per_image": seconds["features"] / images,
+        # the audit's cross-class matching: a fixed number of candidates per image, whatever k
+        # (0 for a run without the audit, or one written before the audit was timed)
+        "audit_s_per_image": seconds.get("audit", 0.0) / images,
         "verify_s_per_pair": seconds["verify"] / max(1, pairs),
         # adaptive verification matches this share of the candidates (reused ones count as matched)
         "matched_fraction": (pairs + counters["verify"].get("reused", 0))
@@ -85,6 +88,7 @@ def estimate(
         "decode": args.images * costs["decode_s_per_image"] / 3600,
         "features": args.images * costs["features_s_per_image"] / 3600,
         "verify": pairs * costs["verify_s_per_pair"] / 3600,
+        "audit": args.images * costs["audit_s_per_image"] / 3600,
     }
     gpu_hours = {
         "features": args.images / args.gpu_images_per_s / 3600,

@@ -14,6 +14,7 @@ cost_model = load_benchmark("cost_model")
 COSTS = {
     "decode_s_per_image": 0.02,
     "features_s_per_image": 1.0,
+    "audit_s_per_image": 0.0,
     "verify_s_per_pair": 0.5,
     "matched_fraction": 1.0,
     "select_s_per_row": 0.0,
@@ -106,3 +107,15 @@ def test_selection_is_priced_with_the_cores_the_run_recorded() -> None:
     assert cost_model.per_item_seconds(_run(1))["select_s_per_row"] == pytest.approx(3.0 / 12)
     with pytest.raises(ValueError, match="no cores"):
         cost_model.per_item_seconds(_run(None))
+
+
+def test_the_audit_is_priced_per_image_whatever_the_partners() -> None:
+    run = _run(2)
+    assert cost_model.per_item_seconds(run)["audit_s_per_image"] == 0.0
+    run["seconds"]["audit"] = 4.0
+    costs = cost_model.per_item_seconds(run)
+    assert costs["audit_s_per_image"] == pytest.approx(0.4)
+    for k in (10, 100):
+        assert cost_model.estimate(costs, VOLUMES, _args(pairs_per_image=k))["vcpu_hours"]["audit"] == pytest.approx(
+            0.4
+        )

@@ -30,7 +30,7 @@ from schemas.vocabulary import AuditKind, Stage
 from transforms.features.feature_store import light, read_features
 from transforms.matching.verify import VerifyConfig, verify_pair
 from transforms.plumbing.metering import meter
-from transforms.plumbing.progress import tick
+from transforms.plumbing.progress import StageTimer, tick
 from transforms.selection.audit_signatures import (
     bits_for,
     global_signature,
@@ -213,8 +213,10 @@ class _VerifyCandidatesFn(beam.DoFn):
 
     def process(self, item: tuple[Candidate, FeatureRef, FeatureRef]) -> Iterator[AuditFinding]:
         candidate, ref_a, ref_b = item
-        features = read_features([ref_a, ref_b])
-        finding = verify_candidate(candidate, features[ref_a.id], features[ref_b.id], self._verify, 1)
+        # `audit/busy_ms`: what the cost model prices for the audit (its matching is per image)
+        with StageTimer(STAGE):
+            features = read_features([ref_a, ref_b])
+            finding = verify_candidate(candidate, features[ref_a.id], features[ref_b.id], self._verify, 1)
         tick(STAGE, "cross_class_verified")
         if finding:
             yield finding
