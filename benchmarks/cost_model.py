@@ -6,8 +6,8 @@ measured run recorded in its `run.json` (busy seconds per stage / items of the s
 
 Busy seconds are summed over worker threads of one process on this machine's cores, so one busy
 second is taken as one vCPU-second (download time is mostly waiting, so the fetch stage is priced
-by its measured throughput instead; see README, "Cost and time of the full GLDv2"). Prices are
-Dataflow batch list prices (us-central1) passed as flags; the defaults are those the README cites.
+by its measured throughput instead; see docs/performance.md, "Cost of the full GLDv2"). Prices
+are Dataflow batch list prices (us-central1) passed as flags; the defaults are those the docs cite.
 Last line: one JSON object with the vCPU-hours per stage, the total cost and the wall time.
 """
 

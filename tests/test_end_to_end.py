@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli.main import main
+from pipeline.cli.summary import summary_lines
 from pipeline.demo.data import DemoConfig, generate_demo, read_truth
 from pipeline.demo.serve import serve_folder
 from schemas.gldv2_csv import format_train_clean, parse_train_clean
@@ -252,7 +253,9 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     assert main(["curate", *_images_args(curated, base), *exhaustive, *SIFT, *BEAM]) == 0
     shutil.copytree(base, reselected)  # a copied run folder is re-selected where it now is
     rule = ["--policy", "degree", "--min-degree", "2", "--min-inliers", "150"]
+    capsys.readouterr()  # the curate's summary
     assert main(["select", "--output", reselected, *rule, "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()  # the readable summary, then the JSON line
     assert main(["curate", *_images_args(curated, fresh), *rule, *exhaustive, *SIFT, *BEAM]) == 0
     for name in (*SELECTION_FILES, "pairs.parquet"):
         with open(os.path.join(reselected, name), "rb") as a, open(os.path.join(fresh, name), "rb") as b:
@@ -262,6 +265,10 @@ def test_select_equals_a_fresh_curate_and_matches_nothing(
     for stage in ("features", "verify", "fetch"):
         assert after["counters"][stage] == before["counters"][stage], stage
     assert after["counts"] != before["counts"]  # the stricter rule removed images
+    assert printed[:-1] == summary_lines(after) and printed[-1].startswith("{")
+    assert json.loads(printed[-1])["by_status"] == after["counts"]["by_status"]
+    named = ("train_clean.csv", "decisions.parquet", "pairs.parquet", "audit.parquet", "c2x_rejected.csv")
+    assert printed[-2] == f"outputs in {reselected}: {', '.join(named)}, report.html, run.json"
 
     # after adaptive verification a stricter rule needs pairs the run skipped: select stops and
     # names the curate that matches them; that curate then decides as exhaustive verification

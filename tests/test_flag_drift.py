@@ -1,7 +1,8 @@
 """A parameter is defined once, in the config dataclasses: the `gld curate` flags and their help
 are made from them (`pipeline.cli.settings`), and the Dataflow template's parameters
-(`deploy/dataflow/metadata.json`) and the README's flag list must agree with them. Each test here
-fails when one of those drifts."""
+(`deploy/dataflow/metadata.json`) and the CLI reference of the docs (`docs/reference/cli.md`, made
+from the parsers; `tests/test_docs_reference.py` checks that it is regenerated) must agree with
+them. Each test here fails when one of those drifts."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from transforms.features.extractors.config import FeatureConfig
 REPO = Path(__file__).resolve().parent.parent
 
 #: `gld curate` flags that set no stage field: they are CurateConfig's own fields, or act on the run.
-_RUN_FLAGS = {"train_csv", "output", "preset", "matching", "dry_run", "no_progress", "no_audit"}
+_RUN_FLAGS = {"train_csv", "output", "preset", "matching", "dry_run", "no_progress", "no_audit", "json"}
 
 #: A value for each setting's flag that differs from the default preset's.
 _GIVEN = {bool: None, int: "7", float: "0.5", str: "x"}
@@ -119,27 +120,31 @@ def test_template_parameters_state_the_real_defaults():
     assert checked >= 8
 
 
-def _readme_flag_list() -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    return readme[readme.index("Project flags (`gld curate --help`)") : readme.index("Every other flag is a Beam")]
+def _reference_rows(command: str) -> list[list[str]]:
+    """The flag rows (flags, value, default, what it does) of `gld COMMAND` in the committed CLI
+    reference, docs/reference/cli.md."""
+    page = (REPO / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
+    section = page.split(f"\n## gld {command}\n", 1)[1].split("\n## ", 1)[0].split("\n### Presets", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| `-")]
+    return [[cell.strip() for cell in row] for row in rows]
 
 
-def test_readme_lists_every_curate_setting_flag():
-    listed = set(re.findall(r"`(--[a-z][a-z-]*)", _readme_flag_list()))
-    flags = curate_flags() - {"--dry-run"}
-    flags -= {"--train-csv", "--output"}  # required, shown in every example above the list
-    assert flags - listed == set()
-    known = flags | {"--no-drop-isolated-components"}
-    assert listed - known == set()
+def test_the_cli_reference_lists_every_curate_flag_and_nothing_else():
+    listed = {flag for row in _reference_rows("curate") for flag in re.findall(r"`(--[a-z][a-z-]*)`", row[0])}
+    assert listed == curate_flags() | {"--no-drop-isolated-components"}
+    selection = {setting.flag for setting in SETTINGS if setting.group == "selection"}
+    listed_select = {re.findall(r"`(--[a-z-]+)`", row[0])[0] for row in _reference_rows("select")}
+    assert selection <= listed_select
 
 
-def test_readme_states_the_real_defaults():
-    text = _readme_flag_list()
+def test_the_cli_reference_states_the_real_defaults():
     checked = 0
-    for flag, stated in re.findall(r"`(--[a-z-]+)` \((?:default )?(\d+)\b", text):
-        assert default_holds(stated, flag[2:].replace("-", "_")), f"README: {flag} ({stated})"
-        checked += 1
-    assert checked >= 8
+    for row in _reference_rows("curate"):
+        flag, stated = re.findall(r"`(--[a-z-]+)`", row[0])[0], row[2].split(";")[0]
+        if stated:
+            assert default_holds(stated, flag[2:].replace("-", "_")), f"docs/reference/cli.md: {flag} ({stated})"
+            checked += 1
+    assert checked >= 30
 
 
 def test_baseline_flags_are_their_configs_fields_with_their_defaults():

@@ -195,15 +195,23 @@ def _read_text(path: str) -> str:
         return handle.read().decode("utf-8")
 
 
-def score_main(argv: list[str]) -> int:
-    from pipeline.baselines import metrics
-
+def score_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gld score", description="Official GLDv2 metrics (one JSON object).")
-    parser.add_argument("task", choices=["recognition", "retrieval", "revisited"])
+    parser.add_argument(
+        "task",
+        choices=["recognition", "retrieval", "revisited"],
+        help="GLDv2 recognition (GAP) or retrieval (mAP@100), or Revisited Oxford/Paris",
+    )
     parser.add_argument("--solution", help="solution CSV (recognition, retrieval)")
     parser.add_argument("--ground-truth", help="revisitop gnd_*.pkl or the same as .json (revisited)")
     parser.add_argument("--predictions", required=True, help="predictions CSV")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def score_main(argv: list[str]) -> int:
+    from pipeline.baselines import metrics
+
+    args = score_parser().parse_args(argv)
     try:
         predictions = _read_text(args.predictions)
         if args.task == "revisited":
@@ -227,4 +235,11 @@ BASELINE_COMMANDS = {
     "train": train_main,
     "evaluate": evaluate_main,
     "score": score_main,
+}
+#: Their parsers, by command (the CLI reference is made from them).
+BASELINE_PARSERS = {
+    "export-tfrecords": export_parser,
+    "train": train_parser,
+    "evaluate": evaluate_parser,
+    "score": score_parser,
 }

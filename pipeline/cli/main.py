@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -39,22 +40,24 @@ def _configure_logging() -> None:
 
 _configure_logging()
 
-from pipeline.cli.baselines import BASELINE_COMMANDS, demo_baselines  # noqa: E402
-from pipeline.cli.overlap import overlap_main  # noqa: E402
-from pipeline.cli.review import review_main  # noqa: E402
+from pipeline.cli.baselines import BASELINE_COMMANDS, BASELINE_PARSERS, demo_baselines  # noqa: E402
+from pipeline.cli.overlap import overlap_main, overlap_parser  # noqa: E402
+from pipeline.cli.review import review_main, review_parser  # noqa: E402
 from pipeline.cli.settings import (  # noqa: E402
     CURATE_RUN_FLAGS,
     FEATURES,
     INGEST,
     INGEST_RUN_FLAGS,
     PAIRS,
+    SELECT_RUN_FLAGS,
     SELECTION,
     add_settings,
     curate_flags,
     overrides_from,
 )
 from pipeline.cli.strict import parse_strictly  # noqa: E402
-from pipeline.curation.config import PRESETS, CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
+from pipeline.cli.summary import print_summary  # noqa: E402
+from pipeline.curation.config import CurateConfig, build_config  # noqa: E402 - logging must be set before Beam is imported
 
 
 def _parser(
@@ -84,6 +87,18 @@ def _curate_parser() -> argparse.ArgumentParser:
         "(--runner, --direct_num_workers, --project, ...).",
         CURATE_RUN_FLAGS,
         (INGEST, FEATURES, PAIRS, SELECTION),
+    )
+
+
+def _select_parser() -> argparse.ArgumentParser:
+    return _parser(
+        "gld select",
+        "Re-select a finished `gld curate --output DIR` with other selection settings, from its "
+        "stored pair results: no feature extraction, no matching. Rewrites decisions, train_clean.csv, c2x, "
+        "audit, report.html and run.json, byte-identical to a fresh curate with the same settings. "
+        "Unknown flags go to Beam.",
+        SELECT_RUN_FLAGS,
+        (SELECTION,),
     )
 
 
@@ -125,9 +140,8 @@ def curate_main(argv: list[str]) -> int:
         print(f"gld curate: error: {exc}", file=sys.stderr)
         return 2
     counts = run["counts"]
-    print(
-        json.dumps({"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]})
-    )
+    last = {"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]}
+    print_summary(run, last, json_only=args.json)
     return 0 if counts["accounting_ok"] else 1
 
 
@@ -147,13 +161,15 @@ def ingest_main(argv: list[str]) -> int:
     return 0 if stats["accounting_ok"] else 1
 
 
-def demo_main(argv: list[str]) -> int:
-    from pipeline.demo.run import run_demo
-
-    parser = argparse.ArgumentParser(prog="gld demo", description="Offline demo with ground truth.")
+def _demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gld demo",
+        description="Offline demo with ground truth: generate a landmark-like dataset, serve it on loopback, "
+        "curate it and score the kept images against the truth. Unknown flags go to Beam.",
+    )
     parser.add_argument("--output", default="demo-output", help="folder for the data and the curated outputs")
     parser.add_argument("--images", type=int, default=600, help="rows in the generated train.csv")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated dataset")
     parser.add_argument(
         "--port",
         type=int,
@@ -165,33 +181,32 @@ def demo_main(argv: list[str]) -> int:
         "--with-baselines", action="store_true", help="then export, train (CPU, minutes) and evaluate retrieval"
     )
     parser.add_argument("--baseline-steps", type=int, default=1000, help="training steps of --with-baselines")
-    args, beam_args = parse_strictly(parser, argv)
+    return parser
+
+
+def demo_main(argv: list[str]) -> int:
+    from pipeline.demo.run import run_demo
+
+    args, beam_args = parse_strictly(_demo_parser(), argv)
     try:
         result = run_demo(args.output, args.images, args.seed, beam_args, args.port)
     except OSError as exc:
         print(f"gld demo: error: {exc}", file=sys.stderr)
         return 2
     score, counts = result["score"], result["run"]["counts"]
-    print(f"rows {counts['rows']}: {counts['by_status']}")
-    for key, value in counts["by_reason"].items():
-        print(f"  {key:40s} {value}")
-    print(f"outputs: {result['run']['outputs']['train_clean']} (+ decisions, pairs, audit, report.html, run.json)")
-    print(
+    truth = (
         f"against the truth: kept {score.kept}, precision {score.precision:.3f}, recall {score.recall:.3f}, "
         f"noise kept {score.noise_kept}, broken rows failed {score.broken_failed:.0%}; "
         f"{result['seconds']:.0f} s"
     )
-    print(
-        json.dumps(
-            {
-                "precision": round(score.precision, 4),
-                "recall": round(score.recall, 4),
-                "kept": score.kept,
-                "accounting_ok": counts["accounting_ok"],
-                "seconds": round(result["seconds"], 1),
-            }
-        )
-    )
+    last = {
+        "precision": round(score.precision, 4),
+        "recall": round(score.recall, 4),
+        "kept": score.kept,
+        "accounting_ok": counts["accounting_ok"],
+        "seconds": round(result["seconds"], 1),
+    }
+    print_summary(result["run"], last, more=[truth])
     if args.with_baselines:
         demo_baselines(args.output, args.baseline_steps, beam_args)
     return 0 if counts["accounting_ok"] else 1
@@ -201,17 +216,7 @@ def select_main(argv: list[str]) -> int:
     from pipeline.cli.settings import flags_of
     from pipeline.curation.reselect import SkippedPairsNeeded, run_reselection
 
-    parser = argparse.ArgumentParser(
-        prog="gld select",
-        description="Re-select a finished `gld curate --output DIR` with other selection settings, from its "
-        "stored pair results: no feature extraction, no matching. Rewrites decisions, train_clean.csv, c2x, "
-        "audit, report.html and run.json, byte-identical to a fresh curate with the same settings.",
-    )
-    parser.add_argument("--output", required=True, help="the --output folder of a finished gld curate run")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="take the selection part of this preset")
-    add_settings(parser, (SELECTION,))
-    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-    args, beam_args = parse_strictly(parser, argv)
+    args, beam_args = parse_strictly(_select_parser(), argv)
     select = overrides_from(args).get("select", {})
     try:
         run = run_reselection(args.output, args.preset, select, beam_args, progress=not args.no_progress)
@@ -230,13 +235,11 @@ def select_main(argv: list[str]) -> int:
     summary = {"output": args.output, "by_status": counts["by_status"], "accounting_ok": counts["accounting_ok"]}
     if "review" in run["counters"]:  # verdicts applied, changed, and the counted errors of --reviews
         summary["reviews"] = run["counters"]["review"]
-    print(json.dumps({**summary, "seconds": run["seconds"]["select_wall"]}))
+    print_summary(run, {**summary, "seconds": run["seconds"]["select_wall"]}, json_only=args.json)
     return 0 if counts["accounting_ok"] else 1
 
 
-def compare_main(argv: list[str]) -> int:
-    from pipeline.curation.compare import agreement, class_disagreements, format_table, read_split
-
+def _compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gld compare",
         description="Agreement of two train_clean.csv splits: one JSON line on stdout, then the classes "
@@ -245,7 +248,13 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("--clean", required=True, help="our train_clean.csv (precision is over it)")
     parser.add_argument("--reference", required=True, help="reference train_clean.csv (recall is over it)")
     parser.add_argument("--top", type=int, default=20, help="classes listed in the table")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def compare_main(argv: list[str]) -> int:
+    from pipeline.curation.compare import agreement, class_disagreements, format_table, read_split
+
+    args = _compare_parser().parse_args(argv)
     try:
         ours, ref = read_split(args.clean), read_split(args.reference)
     except (ValueError, OSError) as exc:
@@ -257,13 +266,17 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
+def _audit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
+    parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
+    return parser
+
+
 def audit_main(argv: list[str]) -> int:
     from pipeline.curation.run_folder import finished_run, locked
     from pipeline.report.page import build_report
 
-    parser = argparse.ArgumentParser(prog="gld audit", description="Rebuild report.html from a gld curate output.")
-    parser.add_argument("--output", required=True, help="the --output folder of a gld curate run")
-    args = parser.parse_args(argv)
+    args = _audit_parser().parse_args(argv)
     try:
         with locked(args.output, "gld audit", create=False):  # it rewrites report.html: one writer at a time
             finished_run(args.output, "gld audit")
@@ -275,14 +288,18 @@ def audit_main(argv: list[str]) -> int:
     return 0
 
 
-def make_tiny_delf_main(argv: list[str]) -> int:
+def _make_tiny_delf_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gld make-tiny-delf",
         description="Write a tiny SavedModel with DELF's serving signature (simple real local features), "
         "for `gld curate --extractor delf --delf-model DIR` without DELF's weights.",
     )
     parser.add_argument("dir", help="folder to write the SavedModel to")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def make_tiny_delf_main(argv: list[str]) -> int:
+    args = _make_tiny_delf_parser().parse_args(argv)
     # imported here: TensorFlow takes seconds to import
     from transforms.features.extractors.tiny_delf import build_tiny_delf
 
@@ -290,14 +307,18 @@ def make_tiny_delf_main(argv: list[str]) -> int:
     return 0
 
 
-def template_metadata_main(argv: list[str]) -> int:
-    from pipeline.cli.template import template_metadata_text
-
-    argparse.ArgumentParser(
+def _template_metadata_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
         prog="gld template-metadata",
         description="Print the Dataflow flex template's metadata, made from the gld curate flags "
         "(gld template-metadata > deploy/dataflow/metadata.json).",
-    ).parse_args(argv)
+    )
+
+
+def template_metadata_main(argv: list[str]) -> int:
+    from pipeline.cli.template import template_metadata_text
+
+    _template_metadata_parser().parse_args(argv)
     sys.stdout.write(template_metadata_text())
     return 0
 
@@ -333,6 +354,21 @@ COMMANDS = {
 COMMANDS.update(BASELINE_COMMANDS)
 COMMANDS["overlap"] = overlap_main
 COMMANDS["review"] = review_main
+
+#: The parser of every command, by name (the CLI reference, docs/reference/cli.md, is made from them).
+PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "ingest": _ingest_parser,
+    "curate": _curate_parser,
+    "demo": _demo_parser,
+    "compare": _compare_parser,
+    "audit": _audit_parser,
+    "select": _select_parser,
+    "make-tiny-delf": _make_tiny_delf_parser,
+    "template-metadata": _template_metadata_parser,
+    **BASELINE_PARSERS,
+    "overlap": overlap_parser,
+    "review": review_parser,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pipeline.cli.strict import parse_strictly
 from pipeline.curation.overlap import OverlapRunConfig, run_overlap
 
 
-def _parser() -> argparse.ArgumentParser:
+def overlap_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gld overlap",
         description="Find the images of a finished curation's splits that show what an evaluation set shows "
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def overlap_main(argv: list[str]) -> int:
-    args, beam_args = parse_strictly(_parser(), argv)
+    args, beam_args = parse_strictly(overlap_parser(), argv)
     try:
         config = OverlapRunConfig(
             output=args.output,

@@ -9,7 +9,7 @@ import sys
 from pipeline.review.queues import DEFAULT_PORT, QUEUE_LIMIT
 
 
-def _parser() -> argparse.ArgumentParser:
+def review_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gld review",
         description="Judge a finished run by eye in a local web page (127.0.0.1 only): the audit's findings, "
@@ -40,7 +40,7 @@ def review_main(argv: list[str]) -> int:
     from pipeline.review.app import ReviewConfig, serve
     from pipeline.review.export import export_reviews
 
-    args = _parser().parse_args(argv)
+    args = review_parser().parse_args(argv)
     try:
         config = ReviewConfig(args.output, args.port, args.limit)
         if args.export:

@@ -5,8 +5,8 @@ else is made from the config: the value type (the field's annotation), on-switch
 fields), and the "(default X)" of the help, read from the default preset's resolved config, so
 the help cannot state a default a run does not get. The flags that act on the whole run
 (`CURATE_RUN_FLAGS`) are here too, so `curate_flags()` and the Dataflow template's metadata
-(`pipeline.cli.template`) read one place; `tests/test_flag_drift.py` checks the README's flag
-list against it.
+(`pipeline.cli.template`) read one place, and so does the CLI reference of the docs
+(`pipeline.cli.reference`); `tests/test_flag_drift.py` checks them against the configs.
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ def _field_types(stage: str) -> dict[str, Any]:
 
 
 def _per_extractor(table: dict[str, int], skip: Collection[str] = ()) -> Callable[[Any], str]:
-    """The default of a field that each extractor sets for itself (None in the config)."""
-    return lambda _: ", ".join(f"{name} {value}" for name, value in table.items() if name not in skip)
+    """The default of a field that each extractor sets for itself where the preset sets none:
+    the default preset's resolved value, then the value of each extractor."""
+    by_extractor = ", ".join(f"{name} {value}" for name, value in table.items() if name not in skip)
+    return lambda value: f"{value}; where the preset sets none, by extractor: {by_extractor}"
 
 
 def _mib(value: int) -> str:
@@ -258,11 +260,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+_NO_PROGRESS = ("--no-progress", {"action": "store_true", "help": "no progress line on stderr"})
+#: `gld curate` and `gld select` print a readable summary, then one JSON object on the last line.
+_JSON = ("--json", {"action": "store_true", "help": "print only the JSON line, not the readable summary before it"})
+
 #: The flags of `gld ingest` (and `gld curate`) that act on the whole run, not on one stage.
 INGEST_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--train-csv", {"required": True, "help": "manifest with columns id,url,landmark_id (any Beam path)"}),
     ("--output", {"required": True, "help": "output folder (any Beam path); re-runs reuse its images"}),
-    ("--no-progress", {"action": "store_true", "help": "no progress line on stderr"}),
+    _NO_PROGRESS,
 )
 #: `gld curate`'s flags that act on the whole run.
 CURATE_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -288,6 +294,17 @@ CURATE_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
         {"action": "store_true", "help": "build the job offline and print its steps and resource hints (JSON)"},
     ),
     ("--no-audit", {"action": "store_true", "help": "skip the label-noise audit (audit.parquet stays empty)"}),
+    _JSON,
+)
+#: `gld select`'s flags that act on the whole re-selection (its settings are the selection group).
+SELECT_RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--output", {"required": True, "help": "the --output folder of a finished gld curate run"}),
+    (
+        "--preset",
+        {"choices": sorted(PRESETS), "help": "take the selection part of this preset (default: the run's preset)"},
+    ),
+    _NO_PROGRESS,
+    _JSON,
 )
 
 

@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The default: learned quality at SIFT's price. ALIKED on a 480 px working image (cheaper than
     # SIFT's 1024 px and its 4000 features), the cascade matcher (nearest neighbours settle the
     # pairs they verify or find at chance level, LightGlue decides the rest) and adaptive
-    # verification (the default), then the components rule (README, "Presets and defaults").
+    # verification (the default), then the components rule (docs/presets.md).
     # Chance level is <= 3 inliers: on landmarks-dev a wide-baseline member pair (MegaDepth's
     # Sagrada Familia) gets 4 from nearest neighbours and 78 from LightGlue, and no non-member
     # pair that LightGlue sees at 4-5 reaches 30 (`bench_quality.py`: recall 0.951, not 0.935).
@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # components without isolated ones. On landmarks-dev the >= 30 graph keeps the most true
     # members; >= 50 drops the noise image that reached 45 inliers with a member, and since
     # LightGlue gives unrelated images of a class up to ~22 inliers, an isolated component needs
-    # 25 to be linked (README, "Presets and defaults").
+    # 25 to be linked (docs/presets.md).
     "recall-first": {
         "features": {"extractor": "aliked"},
         "verify": {"matcher": "lightglue"},
