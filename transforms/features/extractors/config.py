@@ -37,7 +37,7 @@ class FeatureConfig:
       `max_features`: strongest features kept per image (SIFT's cap and DELF's
       `max_feature_num`); None takes the extractor's default from `DEFAULT_MAX_FEATURES`:
       DELF's own 1000, and 4000 for SIFT, which on real landmark photos verifies 10 of 13 true
-      members where 1000 verifies 4 (README, "Presets and defaults").
+      members where 1000 verifies 4 (docs/presets.md).
     - `descriptor_dtype`: how descriptors are stored: float16 (default), float32, or uint8
       (SIFT only: RootSIFT components lie in [0, 1] and are scaled by 255).
     - `working_side`: the longest side SIFT or ALIKED sees (larger images are shrunk for
