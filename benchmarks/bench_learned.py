@@ -6,13 +6,17 @@ format of `landmarks-dev`). It normalises `--images` of them as the pipeline doe
 640 px) at each `--budgets` keypoint budget; then, on up to `--pairs` same-class pairs, per pair,
 nearest-neighbour matching + RANSAC of SIFT (the default), of ALIKED, and LightGlue + RANSAC of
 ALIKED. Each extractor and matcher is the project's own (`transforms.features.stage`,
-`transforms.matching.verify`); PyTorch runs on one thread, as in a pipeline worker thread.
+`transforms.matching.verify`); PyTorch runs on one thread, as in a pipeline worker thread, and
+freed memory is kept as in a worker process (`transforms.plumbing.allocator`). The peer
+`aliked-kornia-<budget>` runs the same extraction through kornia's own `ALIKED.forward` instead
+of the project's CPU dense map (`ratio_to_kornia` on the project's line: ours / kornia).
 
 Prints one JSON line per mode (`ms_per_image` or `ms_per_pair`: the median over items,
 `ratio_to_default`: against SIFT's median, `verified`: pairs with >= 30 inliers) and a last
 line with all of them. Medians and ratios, not absolute times: this machine is shared.
 
-    python benchmarks/bench_learned.py --data ../shared/data/landmarks-dev [--images 40] [--pairs 60]
+    python benchmarks/bench_learned.py --data ../shared/data/landmarks-dev [--images 40] [--pairs 60] \
+        [--working-side 480]
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ import time
 from collections import defaultdict
 
 import numpy as np
+import torch
+from kornia.feature import ALIKED
 
 from schemas.records import LocalFeatures
+from transforms.features.extractors import learned
 from transforms.features.extractors.config import FeatureConfig
 from transforms.features.extractors.registry import EXTRACTORS
 from transforms.ingest.decode import DecodeConfig, Normalised, normalise
 from transforms.matching.verify import VerifyConfig, verify_pair
+from transforms.plumbing.allocator import keep_freed_memory
 
 
 def _images(data: str, count: int) -> dict[str, tuple[int, np.ndarray]]:
@@ -73,6 +81,12 @@ def _extract(images: dict, config: FeatureConfig) -> tuple[dict[str, LocalFeatur
     return features, times
 
 
+def _kornia_forward(model: ALIKED, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`learned._aliked_forward` through kornia's own `ALIKED.forward`: the peer row."""
+    found = model(image)[0]
+    return found.keypoints, found.keypoint_scores, found.descriptors
+
+
 def _verify(features: dict[str, LocalFeatures], pairs: list, config: VerifyConfig) -> tuple[list[float], int]:
     times, verified = [], 0
     for a, b in pairs:
@@ -89,10 +103,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--pairs", type=int, default=60)
     parser.add_argument("--budgets", type=int, nargs="+", default=[4096], help="ALIKED keypoint budgets")
+    parser.add_argument("--working-side", type=int, default=480, help="ALIKED's working side (the default preset's)")
     args = parser.parse_args()
-    import torch  # the learned extra; one thread, as in a pipeline worker thread
-
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # as in a pipeline worker thread
+    keep_freed_memory()
     images = _images(args.data, args.images)
     by_class = defaultdict(list)
     for image_id, (landmark_id, _) in images.items():
@@ -110,16 +124,25 @@ def main() -> None:
 
     sift, sift_times = _extract(images, FeatureConfig())
     sift_ms = report("sift-4000", "ms_per_image", sift_times, None)
-    learned = {}
+    learned_features = {}
     for budget in args.budgets:
-        learned[budget], times = _extract(images, FeatureConfig(extractor="aliked", max_features=budget))
-        mean_count = statistics.mean(f.count for f in learned[budget].values())
-        report(f"aliked-{budget}", "ms_per_image", times, sift_ms, mean_keypoints=round(mean_count))
+        config = FeatureConfig(extractor="aliked", max_features=budget, working_side=args.working_side)
+        ours_forward = learned._aliked_forward
+        learned._aliked_forward = _kornia_forward
+        try:
+            _, times = _extract(images, config)
+        finally:
+            learned._aliked_forward = ours_forward
+        kornia_ms = report(f"aliked-kornia-{budget}", "ms_per_image", times, sift_ms)
+        learned_features[budget], times = _extract(images, config)
+        mean_count = statistics.mean(f.count for f in learned_features[budget].values())
+        median = report(f"aliked-{budget}", "ms_per_image", times, sift_ms, mean_keypoints=round(mean_count))
+        results[-1]["ratio_to_kornia"] = round(median / kornia_ms, 2)
     times, verified = _verify(sift, pairs, VerifyConfig())
     nn_ms = report("sift-4000+nn", "ms_per_pair", times, None, verified=verified)
     for budget in args.budgets:
         for matcher in ("nn", "lightglue"):
-            times, verified = _verify(learned[budget], pairs, VerifyConfig(matcher=matcher))
+            times, verified = _verify(learned_features[budget], pairs, VerifyConfig(matcher=matcher))
             report(f"aliked-{budget}+{matcher}", "ms_per_pair", times, nn_ms, verified=verified)
     print(json.dumps({"images": len(images), "pairs": len(pairs), "results": results}))
 
